@@ -1,0 +1,122 @@
+"""The `dpjax` command: train, account, evaluate, generate, ...
+
+    dpjax train   --config configs/quickstart.py --workdir runs/quickstart
+    dpjax account --config configs/cifar10_wrn16_4.py:eps=1
+    dpjax evaluate --workdir runs/quickstart [--split test|train]
+
+Any config field can be overridden with `--config.FIELD=VALUE` (e.g.
+`--config.privacy.target_epsilon=2`). A user's mistake ends the command with
+one line naming the field or file and the fix, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from dpjax.errors import DpjaxError
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.a.b=v` (or `--config.a.b v`) from the other arguments."""
+    rest, overrides = [], []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            body = arg[len("--config."):]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise DpjaxError(f"{arg} needs a value: {arg}=VALUE.")
+                body = f"{body}={argv[i + 1]}"
+                i += 1
+            overrides.append(body)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpjax", description="Differentially private image classification in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train (and resume) from a config file")
+    train.add_argument("--config", required=True, help="configs/NAME.py[:key=value,...]")
+    train.add_argument("--workdir", required=True, help="output directory (resumed if present)")
+
+    account = sub.add_parser("account", help="print σ and ε for a config without training")
+    account.add_argument("--config", required=True)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a finished or interrupted run")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--split", default="test", choices=("test", "train"))
+
+    for name, helptext in _EXTRA_COMMANDS.items():
+        extra = sub.add_parser(name, help=helptext[0])
+        helptext[1](extra)
+    return parser
+
+
+def _cmd_train(args, overrides) -> int:
+    from dpjax import config as config_lib
+    from dpjax.train import loop
+
+    config = config_lib.load_config(args.config, overrides)
+    summary = loop.train_and_evaluate(config, args.workdir)
+    eps = summary["epsilon"]
+    eps_text = "non-private" if eps is None else f"ε = {eps:.3f}, δ = {summary['delta']:g}"
+    print(f"test accuracy {summary['test_accuracy']:.4f} ({eps_text}); "
+          f"summary: {os.path.join(args.workdir, 'summary.json')}")
+    return 0
+
+
+def _cmd_account(args, overrides) -> int:
+    from dpjax import config as config_lib
+    from dpjax.train import loop
+
+    config = config_lib.load_config(args.config, overrides)
+    result = loop.account(config)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args, overrides) -> int:
+    from dpjax.train import evaluate
+
+    result = evaluate.evaluate_workdir(args.workdir, split=args.split)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+# Further commands register here: name -> (help, add_arguments(parser)); their
+# handlers go in _HANDLERS.
+_EXTRA_COMMANDS: dict = {}
+_HANDLERS = {"train": _cmd_train, "account": _cmd_account, "evaluate": _cmd_evaluate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        rest, overrides = _split_overrides(argv)
+        args = _parser().parse_args(rest)
+        return _HANDLERS[args.command](args, overrides)
+    except DpjaxError as e:
+        print(f"dpjax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dpjax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""The training loop: sample -> accumulate -> update -> log -> evaluate -> checkpoint.
+
+`train_and_evaluate(config, workdir)` is the whole of `dpjax train`. It
+validates the config and the data before compiling or writing anything,
+resumes from the latest checkpoint in `workdir` when there is one, and ends
+by writing `workdir/summary.json`.
+
+Where each privacy decision is made:
+  * batches: `privacy.sampling.PoissonSampler` (deterministic in (seed, step));
+  * clipping and noise: `privacy.clipping`, called from `train.step`;
+  * ε: `privacy.accounting`, fed by the `PrivacyLedger` the loop fills with
+    one record per update it applied, saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import secrets
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dpjax import config as config_lib
+from dpjax import models
+from dpjax.data import sources
+from dpjax.errors import ConfigError, DpjaxError
+from dpjax.privacy import accounting
+from dpjax.privacy.sampling import PoissonSampler, PrivacyLedger, ShuffleSampler
+from dpjax.train import checkpoint as checkpoint_lib
+from dpjax.train import optim, step as step_lib, writers
+
+log = logging.getLogger("dpjax")
+
+# Fields that do not change what is computed: a resumed run may change them.
+_RESUME_SAFE_FIELDS = ("progress_bar", "log_every", "eval_every", "checkpoint_every",
+                       "eval_batch_size", "train_metrics", "micro_batch_size", "name")
+
+
+# --- privacy plan -----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyPlan:
+    """σ, q, steps and δ of a run, decided once before training."""
+
+    private: bool
+    noise_multiplier: float
+    sampling_rate: float
+    steps: int
+    delta: float
+    accountant: str
+    clip_norm: float
+    calibrated: bool
+
+
+def plan_privacy(config: ml_collections.ConfigDict, num_train: int) -> PrivacyPlan:
+    """Decides σ: the configured one, or calibrated to privacy.target_epsilon."""
+    p = config.privacy
+    q = config.batch_size / num_train
+    if p.mode == "none":
+        return PrivacyPlan(False, 0.0, q, config.num_steps, p.delta, p.accountant, math.inf,
+                           False)
+    if p.noise_multiplier > 0:
+        return PrivacyPlan(True, float(p.noise_multiplier), q, config.num_steps, p.delta,
+                           p.accountant, p.clip_norm, False)
+    sigma = accounting.calibrate_noise_multiplier(
+        p.target_epsilon, p.delta, q, config.num_steps, p.accountant)
+    return PrivacyPlan(True, sigma, q, config.num_steps, p.delta, p.accountant, p.clip_norm,
+                       True)
+
+
+def account(config: ml_collections.ConfigDict, data: sources.DataSplits | None = None) -> dict:
+    """σ and ε of a config without training (what `dpjax account` prints)."""
+    config_lib.validate(config)
+    data = data if data is not None else sources.load(config.dataset)
+    config_lib.validate_for_data(config, len(data.train))
+    plan = plan_privacy(config, len(data.train))
+    result = {"num_train": len(data.train), "batch_size": config.batch_size,
+              "sampling_rate": plan.sampling_rate, "steps": plan.steps, "delta": plan.delta,
+              "accountant": plan.accountant, "noise_multiplier": plan.noise_multiplier,
+              "calibrated": plan.calibrated, "sampling": config.privacy.sampling}
+    if plan.private:
+        phases = [accounting.Phase(plan.steps, plan.noise_multiplier, plan.sampling_rate)]
+        result["epsilon"] = accounting.epsilon(phases, plan.delta, plan.accountant)
+        other = "rdp" if plan.accountant == "pld" else "pld"
+        result[f"epsilon_{other}"] = accounting.epsilon(phases, plan.delta, other)
+    else:
+        result["epsilon"] = None
+    return result
+
+
+# --- small helpers -----------------------------------------------------------
+
+def _draw_seed(config) -> tuple[int, str]:
+    if config.seed >= 0:
+        return int(config.seed), "config"
+    return secrets.randbits(63), "os"
+
+
+def _master_key(seed: int) -> jax.Array:
+    """A PRNG key from all 64 bits of the seed (jax.random.key would truncate)."""
+    words = np.array([(seed >> 32) & 0xFFFFFFFF, seed & 0xFFFFFFFF], dtype=np.uint32)
+    return jax.random.wrap_key_data(words, impl="threefry2x32")
+
+
+def _replicate(tree):
+    return jax.device_put_replicated(tree, jax.local_devices())
+
+
+def _unreplicate(tree):
+    return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), tree)
+
+
+def _fingerprint(config_dict: dict) -> dict:
+    return {k: v for k, v in config_dict.items() if k not in _RESUME_SAFE_FIELDS}
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb and not (isinstance(va, (list, tuple)) and list(va) == list(vb or [])):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _environment() -> dict:
+    import importlib.metadata as md
+    import subprocess
+
+    versions = {}
+    for name in ("dpjax", "jax", "jaxlib", "flax", "optax", "dp-accounting", "orbax-checkpoint",
+                 "numpy", "ml-collections"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"versions": versions, "git_commit": commit, "devices": [str(d) for d in jax.devices()],
+            "process_count": jax.process_count()}
+
+
+def count_overlap(train: np.ndarray, test: np.ndarray) -> int:
+    """Number of test images that are byte-identical to a training image."""
+    train_hashes = {hashlib.blake2b(x.tobytes(), digest_size=16).digest() for x in train}
+    return sum(hashlib.blake2b(x.tobytes(), digest_size=16).digest() in train_hashes
+               for x in test)
+
+
+def evaluate_arrays(predict, params, images: np.ndarray, labels: np.ndarray,
+                    batch_size: int) -> dict:
+    """Accuracy and class probabilities of `params` on (images, labels)."""
+    probs = []
+    n = len(images)
+    for start in range(0, n, batch_size):
+        chunk = images[start:start + batch_size]
+        pad = batch_size - len(chunk) if n > batch_size else 0
+        if pad:  # keep one compiled shape
+            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+        logits = np.asarray(predict(params, chunk))[: len(chunk) - pad]
+        probs.append(np.asarray(jax.nn.softmax(logits.astype(np.float64), -1)))
+    probs = np.concatenate(probs) if probs else np.zeros((0, 1))
+    accuracy = float(np.mean(np.argmax(probs, -1) == labels)) if n else float("nan")
+    return {"accuracy": accuracy, "probs": probs}
+
+
+class _Preempted(Exception):
+    pass
+
+
+# --- the run ----------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       data: sources.DataSplits | None = None,
+                       init_params: Any = None) -> dict:
+    """Trains with DP-SGD (or non-privately) as configured; returns the summary.
+
+    Args:
+      config: a config built on `dpjax.config.base_config()`.
+      workdir: where checkpoints, metrics and summary.json go; an existing
+        checkpoint there is resumed.
+      data: already loaded data (skips `config.dataset`), e.g. from a test.
+      init_params: parameters to start from instead of a random init.
+
+    Raises:
+      DpjaxError (ConfigError, DataError): user mistakes, before anything is
+        compiled or written.
+    """
+    # Input and validation: nothing is written before all of this passed.
+    config_lib.validate(config)
+    if data is None:
+        data = sources.load(config.dataset)
+    num_train = len(data.train)
+    config_lib.validate_for_data(config, num_train)
+    channels = data.train.images.shape[-1]
+    if len(config.dataset.mean) not in (1, channels):
+        raise ConfigError(f"dataset.mean has {len(config.dataset.mean)} values but the images "
+                          f"have {channels} channels.")
+    plan = plan_privacy(config, num_train)
+    num_devices = jax.device_count()
+    micro_global = config.micro_batch_size * num_devices
+
+    # Model and optimiser.
+    model = models.get_model(config.model.name, data.num_classes,
+                             dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
+    sample = np.zeros((1,) + data.train.images.shape[1:], np.float32)
+    variables = model.init(jax.random.key(0), sample)
+    if plan.private:
+        models.check_dp_compatible(model, variables)
+    extra = {k: v for k, v in variables.items() if k != "params"}
+    params = init_params if init_params is not None else variables["params"]
+    tx = optim.make_optimizer(config.optimizer, plan.steps)
+    spec = step_lib.InputSpec(mean=tuple(config.dataset.mean), std=tuple(config.dataset.std),
+                              crop_padding=config.augment.crop_padding, flip=config.augment.flip,
+                              augmult=config.augmult)
+    fns = step_lib.build_step_fns(model, spec, tx, private=plan.private,
+                                  ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
+                                  variables_extra=extra)
+    predict = step_lib.make_predict(model, spec, extra)
+
+    # Workdir and resume.
+    config_dict = config.to_dict()
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = checkpoint_lib.Checkpointer(workdir)
+    state = step_lib.init_state(params, tx)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        saved_config = json.load(open(os.path.join(workdir, "config.json")))
+        changed = _config_diff(_fingerprint(saved_config), _fingerprint(config_dict))
+        if changed:
+            raise ConfigError(
+                f"{workdir} holds a run with a different config ({', '.join(changed[:5])} "
+                "differ): use a new --workdir, or rerun with the saved config.json.")
+        state, meta = checkpointer.restore(state)
+        ledger = PrivacyLedger.from_json(meta["ledger"])
+        seed, seed_source = int(meta["seed"]), meta["seed_source"]
+        wall_time_before = float(meta["wall_time_s"])
+        start_step = int(meta["step"])
+        log.info("Resuming %s from step %d.", workdir, start_step)
+    else:
+        ledger = PrivacyLedger()
+        seed, seed_source = _draw_seed(config)
+        wall_time_before = 0.0
+        start_step = 0
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_dict, f, indent=2)
+        with open(os.path.join(workdir, "environment.json"), "w") as f:
+            json.dump(_environment(), f, indent=2)
+    overlap = count_overlap(data.train.images, data.test.images)
+    if overlap:
+        log.warning("%d test images are identical to training images: test accuracy is "
+                    "optimistic.", overlap)
+
+    sampler_cls = PoissonSampler if config.privacy.sampling == "poisson" else ShuffleSampler
+    sampler = sampler_cls(num_train, config.batch_size, micro_global, seed % (2**63))
+    master_key = _master_key(seed)
+    writer = writers.MetricWriter(workdir)
+
+    # Device-resident data, replicated on every local device.
+    train_images = _replicate(data.train.images)
+    train_labels = _replicate(data.train.labels.astype(np.int32))
+    gather = jax.pmap(lambda x, y, i: (x[i], y[i]))
+    state = _replicate(state)
+
+    local = jax.local_device_count()
+    host_rows = slice(jax.process_index() * local * config.micro_batch_size,
+                      (jax.process_index() + 1) * local * config.micro_batch_size)
+
+    def epsilon_so_far() -> float | None:
+        if not plan.private:
+            return None
+        return accounting.epsilon(ledger.phases, plan.delta, plan.accountant)
+
+    def save(step: int) -> None:
+        host_state = _unreplicate(state)
+        if not all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(host_state.params)):
+            raise DpjaxError(f"Parameters became non-finite by step {step}: the last good "
+                             f"checkpoint is kept; lower optimizer.learning_rate.")
+        meta = {"step": step, "ledger": ledger.to_json(), "seed": seed,
+                "seed_source": seed_source, "wall_time_s": wall_time_before + time.time() - t0}
+        checkpointer.save(step, host_state, meta)
+
+    def on_sigterm(signum, frame):
+        raise _Preempted()
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm) \
+        if _is_main_thread() else None
+    t0 = time.time()
+    progress = _progress(config, start_step, plan.steps)
+    window = {"examples": 0, "time": time.time()}
+    last_eval = {}
+    try:
+        for step in range(start_step, plan.steps):
+            # Input: the sampler decides the batch from (seed, step) alone.
+            batch = sampler.batch(step)
+            step_key = jax.random.fold_in(master_key, step)
+            acc = fns.zeros_like_trainable(state.params)
+            stats = _replicate(step_lib.zero_stats())
+            for m in range(batch.num_micro_batches):
+                idx = batch.indices[m, host_rows].reshape(local, -1)
+                mask = batch.mask[m, host_rows].reshape(local, -1)
+                images, labels = gather(train_images, train_labels, idx)
+                micro_key = jax.random.fold_in(jax.random.fold_in(step_key, 1), m)
+                acc, stats = fns.accumulate(state.params, acc, stats, images, labels, mask,
+                                            micro_key, plan.clip_norm)
+            # Update: noise once for the logical batch, then record what ran.
+            noise_key = jax.random.fold_in(step_key, 0)
+            state, stats, grad_norm = fns.update(
+                state, acc, stats, noise_key, plan.noise_multiplier, plan.clip_norm,
+                float(config.batch_size))
+            ledger.record(plan.noise_multiplier, plan.sampling_rate, "dpsgd")
+            window["examples"] += batch.num_examples
+            done = step + 1
+
+            if done % config.log_every == 0 or done == plan.steps:
+                s = _unreplicate(stats)
+                if not math.isfinite(float(_unreplicate(grad_norm))):
+                    raise DpjaxError(f"The update became non-finite at step {done}: the last "
+                                     "good checkpoint is kept; lower optimizer.learning_rate.")
+                now = time.time()
+                metrics = {"epsilon": epsilon_so_far(),
+                           "examples_per_s": window["examples"] / max(now - window["time"], 1e-9)}
+                window = {"examples": 0, "time": now}
+                if config.train_metrics:
+                    count = max(float(s.count), 1.0)
+                    metrics.update(train_loss=float(s.loss) / count,
+                                   train_accuracy=float(s.correct) / count,
+                                   clipped_fraction=float(s.clipped) / count,
+                                   realised_batch_size=int(s.count))
+                if s.nonfinite:
+                    metrics["nonfinite_examples"] = int(s.nonfinite)
+                writer.write(done, metrics)
+                progress.update(done, metrics)
+            if config.eval_every and done % config.eval_every == 0 and done < plan.steps:
+                last_eval = _evaluate(predict, state, data, config)
+                writer.write(done, {f"test_{k}": v for k, v in last_eval.items()})
+                progress.note(f"step {done}: test accuracy {last_eval['accuracy']:.4f}")
+            if done % config.checkpoint_every == 0 and done < plan.steps:
+                save(done)
+    except _Preempted:
+        save(int(_unreplicate(state.step)))
+        progress.close()
+        writer.close()
+        raise DpjaxError(f"Stopped by SIGTERM; checkpoint saved in {workdir}: rerun the same "
+                         "command to resume.") from None
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    progress.close()
+    final_step = int(_unreplicate(state.step))
+    if latest is None or final_step > (latest or 0):
+        save(final_step)
+    checkpointer.close()
+
+    # Evaluation and summary.
+    final = _evaluate(predict, state, data, config, with_probs=True)
+    eps = epsilon_so_far()
+    summary = {
+        "test_accuracy": final["accuracy"],
+        "test_accuracy_raw": final["accuracy_raw"],
+        "epsilon": eps,
+        "delta": plan.delta if plan.private else None,
+        "accountant": plan.accountant if plan.private else None,
+        "epsilon_covers": ("one run with these hyperparameters; tuning on the private data "
+                           "costs privacy too") if plan.private else None,
+        "noise_multiplier": plan.noise_multiplier if plan.private else None,
+        "noise_multiplier_calibrated": plan.calibrated,
+        "sampling_rate": plan.sampling_rate,
+        "sampling": config.privacy.sampling,
+        "epsilon_valid_for_sampling": config.privacy.sampling == "poisson",
+        "steps": ledger.steps,
+        "batch_size": config.batch_size,
+        "clip_norm": plan.clip_norm if plan.private else None,
+        "augmult": config.augmult,
+        "neighbouring": "add_remove",
+        "privacy_unit": "example",
+        "dataset": data.name,
+        "num_train": num_train,
+        "num_test": len(data.test),
+        "test_train_overlap": overlap,
+        "model": config.model.name,
+        "ema": config.ema_decay > 0,
+        "wall_time_s": wall_time_before + time.time() - t0,
+        "seed_source": seed_source,
+        "phases": [dict(dataclasses.asdict(p), epsilon=accounting.epsilon(
+            ledger.phases[:i + 1], plan.delta, plan.accountant) if plan.private else None)
+            for i, p in enumerate(ledger.phases)],
+        "devices": num_devices,
+    }
+    if plan.private and config.privacy.sampling != "poisson":
+        summary["warning"] = ("Batches were fixed-size shuffled, not Poisson-sampled: the "
+                              "reported epsilon is the Poisson epsilon and does NOT apply.")
+    writer.write(final_step, {"test_accuracy": final["accuracy"],
+                              "test_accuracy_raw": final["accuracy_raw"], "epsilon": eps})
+    writer.close()
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    summary["test_probs"] = final["probs"]
+    summary["test_labels"] = data.test.labels
+    return summary
+
+
+def _evaluate(predict, state, data, config, with_probs: bool = False) -> dict:
+    host = _unreplicate(state)
+    ema = evaluate_arrays(predict, host.ema_params, data.test.images, data.test.labels,
+                          config.eval_batch_size)
+    raw = ema if config.ema_decay == 0 else evaluate_arrays(
+        predict, host.params, data.test.images, data.test.labels, config.eval_batch_size)
+    out = {"accuracy": ema["accuracy"], "accuracy_raw": raw["accuracy"]}
+    if with_probs:
+        out["probs"] = ema["probs"]
+    return out
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class _progress:
+    """tqdm progress bar (step, loss, ε so far, examples/s), or plain log lines."""
+
+    def __init__(self, config, start: int, total: int):
+        self._bar = None
+        if config.progress_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=start, desc=config.name, unit="step",
+                             dynamic_ncols=True)
+        self._pos = start
+
+    def update(self, step: int, metrics: dict) -> None:
+        shown = {}
+        if metrics.get("train_loss") is not None:
+            shown["loss"] = f"{metrics['train_loss']:.3f}"
+        if metrics.get("epsilon") is not None:
+            shown["eps"] = f"{metrics['epsilon']:.3f}"
+        shown["ex/s"] = f"{metrics['examples_per_s']:.0f}"
+        if self._bar is not None:
+            self._bar.update(step - self._pos)
+            self._bar.set_postfix(shown, refresh=False)
+        else:
+            log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in shown.items()))
+        self._pos = step
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            log.info(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,252 @@
+"""The training steps: per-example loss, micro-batch accumulation, the update.
+
+A logical batch (Poisson-sampled, padded to whole micro-batches) is processed
+as a sequence of micro-batches on every local device at once (`jax.pmap`):
+
+    acc  = 0
+    for each micro-batch:  acc += Σ_i mask_i · clip_C(∇ℓ_i)      (accumulate)
+    ĝ    = (psum(acc) + N(0, σ²C²)) / B                           (update)
+
+The noise is drawn from one key shared by all devices, after the psum, so
+every replica adds the *same* draw: noise enters once per logical batch, and
+the replicas stay identical. σ, C and B are traced arguments, so a phase
+switch or a new σ does not recompile.
+
+The per-example loss sees one example (and its K augmult views) at a time, so
+nothing in it can mix examples; models with training-mode BatchNorm are
+refused before we get here (`models.check_dp_compatible`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from dpjax.data import augment
+from dpjax.privacy import clipping
+
+PyTree = Any
+AXIS = "devices"
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training (replicated across devices)."""
+
+    step: jax.Array
+    params: PyTree          # all model parameters (trainable and frozen)
+    opt_state: PyTree       # optimiser state of the trainable parameters
+    ema_params: PyTree      # EMA of params (equal to params when EMA is off)
+
+
+class StepStats(NamedTuple):
+    """Sums over a device's share of a logical batch (not covered by ε)."""
+
+    loss: jax.Array
+    correct: jax.Array
+    count: jax.Array
+    clipped: jax.Array      # examples whose gradient norm exceeded C
+    nonfinite: jax.Array    # examples whose gradient was NaN/inf (dropped)
+
+
+def zero_stats() -> StepStats:
+    return StepStats(*(jnp.zeros((), jnp.float32) for _ in StepStats._fields))
+
+
+# --- parameters: trainable / frozen ------------------------------------------
+
+def split_params(params: PyTree, is_trainable: Callable[[str], bool] | None):
+    """Splits params into flat {path: leaf} dicts (trainable, frozen)."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    if is_trainable is None:
+        return flat, {}
+    trainable = {k: v for k, v in flat.items() if is_trainable(k)}
+    frozen = {k: v for k, v in flat.items() if not is_trainable(k)}
+    return trainable, frozen
+
+
+def merge_params(trainable: dict, frozen: dict) -> PyTree:
+    return flax.traverse_util.unflatten_dict({**trainable, **frozen}, sep="/")
+
+
+# --- the model seen one example at a time -----------------------------------
+
+@flax.struct.dataclass
+class InputSpec:
+    """How a uint8 image becomes model input (public constants only)."""
+
+    mean: tuple = flax.struct.field(pytree_node=False)
+    std: tuple = flax.struct.field(pytree_node=False)
+    crop_padding: int = flax.struct.field(pytree_node=False, default=0)
+    flip: bool = flax.struct.field(pytree_node=False, default=False)
+    augmult: int = flax.struct.field(pytree_node=False, default=1)
+
+
+def prepare_eval(images: jax.Array, spec: InputSpec) -> jax.Array:
+    """uint8 (N, H, W, C) -> normalised float32, no augmentation."""
+    return augment.normalize(augment.to_float(images), spec.mean, spec.std)
+
+
+def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree = None):
+    """`loss(trainable, frozen, (image, label, key)) -> (loss, (loss, correct))` for ONE example.
+
+    With augmult K > 1 the loss is the mean over K augmented views of the
+    example (De et al. 2022): its gradient is clipped once, as one example's.
+    """
+    extra = variables_extra or {}
+
+    def loss_fn(trainable, frozen, example):
+        image, label, key = example
+        if spec.augmult > 1 or spec.crop_padding or spec.flip:
+            views = augment.augmult_views(
+                key, augment.to_float(image), spec.augmult, spec.crop_padding, spec.flip)
+        else:
+            views = augment.to_float(image)[None]
+        x = augment.normalize(views, spec.mean, spec.std)
+        logits = model.apply({"params": merge_params(trainable, frozen), **extra}, x)
+        labels = jnp.full((x.shape[0],), label)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        correct = (jnp.argmax(logits, -1) == labels).mean()
+        return loss, (loss, correct)
+
+    return loss_fn
+
+
+# --- accumulate one micro-batch (runs under pmap) ---------------------------
+
+def accumulate_private(trainable, frozen, acc, stats, images, labels, mask, key, clip_norm,
+                       *, loss_fn):
+    """acc += Σ_i mask_i · clip_C(∇ℓ_i) over this device's rows of a micro-batch."""
+    key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+    keys = jax.random.split(key, images.shape[0])
+    per_example = lambda p, ex: loss_fn(p, frozen, ex)
+    clipped_sum, norms, (losses, correct) = clipping.clipped_grad_sum(
+        per_example, trainable, (images, labels, keys), mask, clip_norm)
+    acc = jax.tree_util.tree_map(jnp.add, acc, clipped_sum)
+    m = mask.astype(jnp.float32)
+    finite = jnp.isfinite(norms)
+    stats = StepStats(
+        loss=stats.loss + jnp.sum(jnp.where(mask & finite, losses, 0.0)),
+        correct=stats.correct + jnp.sum(m * correct),
+        count=stats.count + jnp.sum(m),
+        clipped=stats.clipped + jnp.sum(m * (norms > clip_norm)),
+        nonfinite=stats.nonfinite + jnp.sum(m * ~finite),
+    )
+    return acc, stats
+
+
+def accumulate_nonprivate(trainable, frozen, acc, stats, images, labels, mask, key, clip_norm,
+                          *, loss_fn):
+    """acc += Σ_i mask_i ∇ℓ_i, batched (no per-example gradients, not private)."""
+    del clip_norm
+    key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+    keys = jax.random.split(key, images.shape[0])
+    m = mask.astype(jnp.float32)
+
+    def batch_loss(p):
+        losses, (_, correct) = jax.vmap(lambda ex: loss_fn(p, frozen, ex))((images, labels, keys))
+        return jnp.sum(m * losses), (losses, correct)
+
+    grads, (losses, correct) = jax.grad(batch_loss, has_aux=True)(trainable)
+    acc = jax.tree_util.tree_map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
+    stats = StepStats(
+        loss=stats.loss + jnp.sum(m * losses),
+        correct=stats.correct + jnp.sum(m * correct),
+        count=stats.count + jnp.sum(m),
+        clipped=stats.clipped,
+        nonfinite=stats.nonfinite + jnp.sum(m * ~jnp.isfinite(losses)),
+    )
+    return acc, stats
+
+
+# --- the update (runs under pmap) -------------------------------------------
+
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+    """EMA decay; with warmup min(decay, (1 + t) / (10 + t)) as in DP-RandP."""
+    if not warmup:
+        return jnp.asarray(decay, jnp.float32)
+    t = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def apply_update(state: TrainState, acc, stats: StepStats, noise_key, noise_multiplier,
+                 clip_norm, expected_batch_size, *, tx: optax.GradientTransformation,
+                 is_trainable, private: bool, ema_decay: float, ema_warmup: bool):
+    """One optimiser step from the accumulated (clipped) gradient sums."""
+    total = jax.lax.psum(acc, AXIS)
+    stats = jax.tree_util.tree_map(lambda s: jax.lax.psum(s, AXIS), stats)
+    if private:
+        grads = clipping.privatize_sum(
+            noise_key, total, noise_multiplier, clip_norm, expected_batch_size)
+    else:
+        grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(stats.count, 1.0), total)
+    trainable, frozen = split_params(state.params, is_trainable)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    params = merge_params(trainable, frozen)
+    if ema_decay > 0:
+        d = ema_decay_at(state.step, ema_decay, ema_warmup)
+        ema = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, state.ema_params, params)
+    else:
+        ema = params
+    new_state = TrainState(state.step + 1, params, opt_state, ema)
+    return new_state, stats, clipping.global_norm(grads)
+
+
+# --- building the pmapped functions ----------------------------------------
+
+class StepFns(NamedTuple):
+    accumulate: Callable
+    update: Callable
+    zeros_like_trainable: Callable
+
+
+def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransformation, *,
+                   private: bool, is_trainable=None, ema_decay: float = 0.0,
+                   ema_warmup: bool = False, variables_extra=None) -> StepFns:
+    """pmapped accumulate/update functions for one model, input spec and optimiser."""
+    loss_fn = make_example_loss(model, spec, variables_extra)
+    accumulate = accumulate_private if private else accumulate_nonprivate
+
+    def p_accumulate(params, acc, stats, images, labels, mask, key, clip_norm):
+        trainable, frozen = split_params(params, is_trainable)
+        frozen = jax.lax.stop_gradient(frozen)
+        return accumulate(trainable, frozen, acc, stats, images, labels, mask, key, clip_norm,
+                          loss_fn=loss_fn)
+
+    update = functools.partial(apply_update, tx=tx, is_trainable=is_trainable, private=private,
+                               ema_decay=ema_decay, ema_warmup=ema_warmup)
+
+    def zeros(params):
+        trainable, _ = split_params(params, is_trainable)
+        return jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
+
+    return StepFns(
+        accumulate=jax.pmap(p_accumulate, axis_name=AXIS, donate_argnums=(1, 2),
+                            in_axes=(0, 0, 0, 0, 0, 0, None, None)),
+        update=jax.pmap(update, axis_name=AXIS, donate_argnums=(0, 1),
+                        in_axes=(0, 0, 0, None, None, None, None)),
+        zeros_like_trainable=jax.pmap(zeros),
+    )
+
+
+def init_state(params: PyTree, tx: optax.GradientTransformation, is_trainable=None) -> TrainState:
+    trainable, _ = split_params(params, is_trainable)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(trainable), params)
+
+
+def make_predict(model: nn.Module, spec: InputSpec, variables_extra=None):
+    """jitted `predict(params, images_uint8) -> logits` (float32)."""
+    extra = variables_extra or {}
+
+    @jax.jit
+    def predict(params, images):
+        return model.apply({"params": params, **extra}, prepare_eval(images, spec))
+
+    return predict
