@@ -37,7 +37,8 @@ from dpjax.errors import ConfigError, DpjaxError
 from dpjax.privacy import accounting
 from dpjax.privacy.sampling import PoissonSampler, PrivacyLedger, ShuffleSampler
 from dpjax.train import checkpoint as checkpoint_lib
-from dpjax.train import optim, step as step_lib, writers
+from dpjax.train import optim, writers
+from dpjax.train import step as step_lib
 
 log = logging.getLogger("dpjax")
 
@@ -99,6 +100,18 @@ def account(config: ml_collections.ConfigDict, data: sources.DataSplits | None =
 
 
 # --- small helpers -----------------------------------------------------------
+
+def build_model(config: ml_collections.ConfigDict, data: sources.DataSplits):
+    """(model, initial variables, input spec) for a config and its data."""
+    model = models.get_model(config.model.name, data.num_classes,
+                             dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
+    sample = np.zeros((1,) + data.train.images.shape[1:], np.float32)
+    variables = model.init(jax.random.key(0), sample)
+    spec = step_lib.InputSpec(mean=tuple(config.dataset.mean), std=tuple(config.dataset.std),
+                              crop_padding=config.augment.crop_padding, flip=config.augment.flip,
+                              augmult=config.augmult)
+    return model, variables, spec
+
 
 def _draw_seed(config) -> tuple[int, str]:
     if config.seed >= 0:
@@ -218,18 +231,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     micro_global = config.micro_batch_size * num_devices
 
     # Model and optimiser.
-    model = models.get_model(config.model.name, data.num_classes,
-                             dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
-    sample = np.zeros((1,) + data.train.images.shape[1:], np.float32)
-    variables = model.init(jax.random.key(0), sample)
+    model, variables, spec = build_model(config, data)
     if plan.private:
         models.check_dp_compatible(model, variables)
     extra = {k: v for k, v in variables.items() if k != "params"}
     params = init_params if init_params is not None else variables["params"]
     tx = optim.make_optimizer(config.optimizer, plan.steps)
-    spec = step_lib.InputSpec(mean=tuple(config.dataset.mean), std=tuple(config.dataset.std),
-                              crop_padding=config.augment.crop_padding, flip=config.augment.flip,
-                              augmult=config.augmult)
     fns = step_lib.build_step_fns(model, spec, tx, private=plan.private,
                                   ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
                                   variables_extra=extra)

@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 
 from dpjax.errors import ConfigError
-from dpjax.privacy.sampling import (PoissonSampler, PrivacyLedger, ShuffleSampler,
-                                    pad_to_micro_batches)
+from dpjax.privacy.sampling import (
+    PoissonSampler,
+    PrivacyLedger,
+    ShuffleSampler,
+    pad_to_micro_batches,
+)
 
 
 def test_inclusion_frequency_matches_q():
