@@ -126,7 +126,13 @@ def _master_key(seed: int) -> jax.Array:
 
 
 def _replicate(tree):
-    return jax.device_put_replicated(tree, jax.local_devices())
+    """Copies of every leaf on every local device, stacked on a leading axis (pmap layout)."""
+    devices = jax.local_devices()
+    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), ("d",)),
+                                          jax.sharding.PartitionSpec("d"))
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
+                                 sharding), tree)
 
 
 def _unreplicate(tree):
@@ -233,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # Model and optimiser.
     model, variables, spec = build_model(config, data)
     if plan.private:
-        models.check_dp_compatible(model, variables)
+        models.check_dp_compatible(model, variables, data.train.images.shape[1:])
     extra = {k: v for k, v in variables.items() if k != "params"}
     params = init_params if init_params is not None else variables["params"]
     tx = optim.make_optimizer(config.optimizer, plan.steps)

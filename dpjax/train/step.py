@@ -230,7 +230,7 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
     return StepFns(
         accumulate=jax.pmap(p_accumulate, axis_name=AXIS, donate_argnums=(1, 2),
                             in_axes=(0, 0, 0, 0, 0, 0, None, None)),
-        update=jax.pmap(update, axis_name=AXIS, donate_argnums=(0, 1),
+        update=jax.pmap(update, axis_name=AXIS, donate_argnums=(0,),
                         in_axes=(0, 0, 0, None, None, None, None)),
         zeros_like_trainable=jax.pmap(zeros),
     )
