@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train (and resume) from a config file")
     train.add_argument("--config", required=True, help="configs/NAME.py[:key=value,...]")
     train.add_argument("--workdir", required=True, help="output directory (resumed if present)")
+    train.add_argument("--max_steps_this_run", type=int, default=0,
+                       help="checkpoint and stop after this many steps (rerun to resume)")
 
     account = sub.add_parser("account", help="print σ and ε for a config without training")
     account.add_argument("--config", required=True)
@@ -69,7 +71,12 @@ def _cmd_train(args, overrides) -> int:
     from dpjax.train import loop
 
     config = config_lib.load_config(args.config, overrides)
-    summary = loop.train_and_evaluate(config, args.workdir)
+    summary = loop.train_and_evaluate(config, args.workdir,
+                                      max_steps_this_run=args.max_steps_this_run)
+    if not summary["finished"]:
+        print(f"stopped at step {summary['step']} (ε so far {summary['epsilon']}); rerun the "
+              "same command to resume.")
+        return 0
     eps = summary["epsilon"]
     eps_text = "non-private" if eps is None else f"ε = {eps:.3f}, δ = {summary['delta']:g}"
     print(f"test accuracy {summary['test_accuracy']:.4f} ({eps_text}); "

@@ -124,7 +124,9 @@ def privatize_sum(
     Noise is added once, to the sum over the whole logical batch (all devices
     and micro-batches), with standard deviation σ times the sum's sensitivity.
     """
-    stddev = noise_multiplier * clipped_sum_sensitivity(clip_norm)
+    # σ = 0 means no noise even when C = inf (a non-private reference run).
+    stddev = jnp.where(noise_multiplier > 0,
+                       noise_multiplier * clipped_sum_sensitivity(clip_norm), 0.0)
     noise = gaussian_noise_like(key, clipped_sum, stddev)
     return jax.tree_util.tree_map(
         lambda s, n: (s.astype(jnp.float32) + n) / expected_batch_size, clipped_sum, noise

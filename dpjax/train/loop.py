@@ -208,7 +208,8 @@ class _Preempted(Exception):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        data: sources.DataSplits | None = None,
-                       init_params: Any = None) -> dict:
+                       init_params: Any = None,
+                       max_steps_this_run: int = 0) -> dict:
     """Trains with DP-SGD (or non-privately) as configured; returns the summary.
 
     Args:
@@ -217,6 +218,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         checkpoint there is resumed.
       data: already loaded data (skips `config.dataset`), e.g. from a test.
       init_params: parameters to start from instead of a random init.
+      max_steps_this_run: if > 0, checkpoint and return after this many steps
+        (a time slice: rerunning resumes); the result then has "finished":
+        False and no test metrics.
 
     Raises:
       DpjaxError (ConfigError, DataError): user mistakes, before anything is
@@ -324,15 +328,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             # Input: the sampler decides the batch from (seed, step) alone.
             batch = sampler.batch(step)
             step_key = jax.random.fold_in(master_key, step)
+            augment_key = jax.random.fold_in(step_key, 1)
             acc = fns.zeros_like_trainable(state.params)
             stats = _replicate(step_lib.zero_stats())
             for m in range(batch.num_micro_batches):
                 idx = batch.indices[m, host_rows].reshape(local, -1)
                 mask = batch.mask[m, host_rows].reshape(local, -1)
                 images, labels = gather(train_images, train_labels, idx)
-                micro_key = jax.random.fold_in(jax.random.fold_in(step_key, 1), m)
-                acc, stats = fns.accumulate(state.params, acc, stats, images, labels, mask,
-                                            micro_key, plan.clip_norm)
+                acc, stats = fns.accumulate(state.params, acc, stats, images, labels, idx, mask,
+                                            augment_key, plan.clip_norm)
             # Update: noise once for the logical batch, then record what ran.
             noise_key = jax.random.fold_in(step_key, 0)
             state, stats, grad_norm = fns.update(
@@ -367,6 +371,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 progress.note(f"step {done}: test accuracy {last_eval['accuracy']:.4f}")
             if done % config.checkpoint_every == 0 and done < plan.steps:
                 save(done)
+            if max_steps_this_run and done - start_step >= max_steps_this_run \
+                    and done < plan.steps:
+                save(done)
+                progress.close()
+                writer.close()
+                checkpointer.close()
+                return {"finished": False, "step": done, "epsilon": epsilon_so_far()}
     except _Preempted:
         save(int(_unreplicate(state.step)))
         progress.close()
@@ -386,6 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     final = _evaluate(predict, state, data, config, with_probs=True)
     eps = epsilon_so_far()
     summary = {
+        "finished": True,
         "test_accuracy": final["accuracy"],
         "test_accuracy_raw": final["accuracy_raw"],
         "epsilon": eps,

@@ -120,11 +120,19 @@ def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree
 
 # --- accumulate one micro-batch (runs under pmap) ---------------------------
 
-def accumulate_private(trainable, frozen, acc, stats, images, labels, mask, key, clip_norm,
-                       *, loss_fn):
+def example_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
+    """One augmentation key per example, from the step key and the example's index.
+
+    The augmentation of example i at step t is thus the same whatever the
+    number of devices, hosts or micro-batches.
+    """
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+
+
+def accumulate_private(trainable, frozen, acc, stats, images, labels, indices, mask, key,
+                       clip_norm, *, loss_fn):
     """acc += Σ_i mask_i · clip_C(∇ℓ_i) over this device's rows of a micro-batch."""
-    key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
-    keys = jax.random.split(key, images.shape[0])
+    keys = example_keys(key, indices)
     per_example = lambda p, ex: loss_fn(p, frozen, ex)
     clipped_sum, norms, (losses, correct) = clipping.clipped_grad_sum(
         per_example, trainable, (images, labels, keys), mask, clip_norm)
@@ -141,12 +149,11 @@ def accumulate_private(trainable, frozen, acc, stats, images, labels, mask, key,
     return acc, stats
 
 
-def accumulate_nonprivate(trainable, frozen, acc, stats, images, labels, mask, key, clip_norm,
-                          *, loss_fn):
+def accumulate_nonprivate(trainable, frozen, acc, stats, images, labels, indices, mask, key,
+                          clip_norm, *, loss_fn):
     """acc += Σ_i mask_i ∇ℓ_i, batched (no per-example gradients, not private)."""
     del clip_norm
-    key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
-    keys = jax.random.split(key, images.shape[0])
+    keys = example_keys(key, indices)
     m = mask.astype(jnp.float32)
 
     def batch_loss(p):
@@ -214,11 +221,11 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
     loss_fn = make_example_loss(model, spec, variables_extra)
     accumulate = accumulate_private if private else accumulate_nonprivate
 
-    def p_accumulate(params, acc, stats, images, labels, mask, key, clip_norm):
+    def p_accumulate(params, acc, stats, images, labels, indices, mask, key, clip_norm):
         trainable, frozen = split_params(params, is_trainable)
         frozen = jax.lax.stop_gradient(frozen)
-        return accumulate(trainable, frozen, acc, stats, images, labels, mask, key, clip_norm,
-                          loss_fn=loss_fn)
+        return accumulate(trainable, frozen, acc, stats, images, labels, indices, mask, key,
+                          clip_norm, loss_fn=loss_fn)
 
     update = functools.partial(apply_update, tx=tx, is_trainable=is_trainable, private=private,
                                ema_decay=ema_decay, ema_warmup=ema_warmup)
@@ -229,7 +236,7 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
 
     return StepFns(
         accumulate=jax.pmap(p_accumulate, axis_name=AXIS, donate_argnums=(1, 2),
-                            in_axes=(0, 0, 0, 0, 0, 0, None, None)),
+                            in_axes=(0, 0, 0, 0, 0, 0, 0, None, None)),
         update=jax.pmap(update, axis_name=AXIS, donate_argnums=(0,),
                         in_axes=(0, 0, 0, None, None, None, None)),
         zeros_like_trainable=jax.pmap(zeros),

@@ -1,0 +1,124 @@
+"""The DP-SGD step: sensitivity of the update, noise once per logical batch."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from dpjax import models
+from dpjax.train import step as step_lib
+from tests.helpers import make_splits
+
+LR, C, B = 0.5, 0.1, 16.0
+
+
+def _setup(micro=8, private=True, augmult=1, crop=0):
+    model = models.get_model("mlp", 3, width=16)
+    spec = step_lib.InputSpec(mean=(0.5,), std=(0.5,), crop_padding=crop, flip=bool(crop),
+                              augmult=augmult)
+    tx = optax.sgd(LR)
+    fns = step_lib.build_step_fns(model, spec, tx, private=private)
+    params = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
+    state = step_lib.init_state(params, tx)
+    return fns, state, micro
+
+
+def _replicate(tree):
+    return jax.tree_util.tree_map(lambda x: np.asarray(x)[None], tree)
+
+
+def _update(fns, state, images, labels, micro, sigma=0.0, seed=0, ids=None):
+    """One logical batch = all given rows, in micro-batches of `micro` (padded).
+
+    `ids` are the rows' example indices (they seed each example's augmentation).
+    """
+    n = len(labels)
+    num_micro = max(1, -(-n // micro))
+    pad = num_micro * micro - n
+    ids = np.arange(n) if ids is None else ids
+    idx = np.concatenate([ids, np.zeros(pad, int)]).astype(np.int32)
+    mask = np.arange(num_micro * micro) < n
+    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    rstate = _replicate(state)
+    acc = fns.zeros_like_trainable(rstate.params)
+    stats = _replicate(step_lib.zero_stats())
+    key = jax.random.key(seed)
+    for m in range(num_micro):
+        sl = slice(m * micro, (m + 1) * micro)
+        acc, stats = fns.accumulate(rstate.params, acc, stats, images[None, sl],
+                                    labels[None, sl], idx[None, sl], mask[None, sl],
+                                    jax.random.fold_in(key, 1), C)
+    new, stats, _ = fns.update(rstate, acc, stats, jax.random.fold_in(key, 0), sigma, C, B)
+    return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), new.params)
+
+
+def _dist(a, b):
+    return float(np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(
+        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))))
+
+
+@pytest.mark.parametrize("augmult,crop", [(1, 0), (4, 1)])
+def test_add_remove_and_replace_sensitivity(augmult, crop):
+    fns, state, micro = _setup(augmult=augmult, crop=crop)
+    data = make_splits(num_train=20, seed=1).train
+    # Make gradients large so that clipping binds.
+    images, labels = data.images, data.labels
+    full = _update(fns, state, images, labels, micro)
+    for i in (0, 7, 19):
+        keep = np.arange(20) != i
+        removed = _update(fns, state, images[keep], labels[keep], micro,
+                          ids=np.arange(20)[keep])
+        assert _dist(full, removed) <= LR * C / B * (1 + 1e-5)
+        replaced_images = images.copy()
+        replaced_images[i] = 255 - replaced_images[i]
+        replaced_labels = labels.copy()
+        replaced_labels[i] = (labels[i] + 1) % 3
+        replaced = _update(fns, state, replaced_images, replaced_labels, micro)
+        assert _dist(full, replaced) <= 2 * LR * C / B * (1 + 1e-5)
+    # The bound is attained up to clipping: removal moves the update by about lr·C/B.
+    assert _dist(full, removed) > 0.5 * LR * C / B
+
+
+def test_noise_added_once_per_logical_batch():
+    """Same batch, same key, different micro-batching: identical noisy update."""
+    fns, state, _ = _setup()
+    data = make_splits(num_train=24, seed=2).train
+    a = _update(fns, state, data.images, data.labels, micro=4, sigma=2.0)
+    b = _update(fns, state, data.images, data.labels, micro=24, sigma=2.0)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # And the noise has the calibrated scale: update − noiseless update ~ N(0, (lr σ C / B)²).
+    clean = _update(fns, state, data.images, data.labels, micro=24, sigma=0.0)
+    diff = np.concatenate([np.ravel(x - y) for x, y in zip(
+        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(clean))])
+    assert diff.std() == pytest.approx(LR * 2.0 * C / B, rel=0.05)
+
+
+def test_empty_batch_gives_pure_noise_and_no_nan():
+    fns, state, micro = _setup()
+    images = np.zeros((0, 8, 8, 1), np.uint8)
+    labels = np.zeros(0, np.int32)
+    clean = _update(fns, state, images, labels, micro, sigma=0.0)
+    for x, y in zip(jax.tree_util.tree_leaves(clean), jax.tree_util.tree_leaves(state.params)):
+        np.testing.assert_array_equal(x, np.asarray(y))
+    noisy = _update(fns, state, images, labels, micro, sigma=1.0)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(noisy))
+    assert _dist(noisy, clean) > 0
+
+
+def test_infinite_clip_no_noise_equals_nonprivate_sgd():
+    """DP step with C = inf, σ = 0 and B = realised size is plain SGD on the mean loss."""
+    data = make_splits(num_train=16, seed=3).train
+    fns, state, micro = _setup()
+    global C
+    saved = C
+    try:
+        C = float("inf")
+        private = _update(fns, state, data.images, data.labels, micro)
+    finally:
+        C = saved
+    fns_np, _, _ = _setup(private=False)
+    plain = _update(fns_np, state, data.images, data.labels, micro)
+    for x, y in zip(jax.tree_util.tree_leaves(private), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
