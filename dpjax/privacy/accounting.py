@@ -106,8 +106,13 @@ def epsilon(phases: Sequence[Phase], delta: float, accountant: str = "pld") -> f
 @functools.lru_cache(maxsize=4096)
 def _cached_epsilon(key, delta: float, accountant: str) -> float:
     acc = _make_accountant(accountant)
-    acc.compose(dp_event([Phase(s, z, q) for s, z, q in key]))
-    return float(acc.get_epsilon(delta))
+    try:
+        acc.compose(dp_event([Phase(s, z, q) for s, z, q in key]))
+        return float(acc.get_epsilon(delta))
+    except (ValueError, OverflowError, MemoryError):
+        # Tiny σ: the privacy loss distribution is too wide to represent; the
+        # guarantee is vacuous, so report it as such rather than crash.
+        return math.inf
 
 
 def calibrate_noise_multiplier(

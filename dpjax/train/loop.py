@@ -305,7 +305,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             return None
         return accounting.epsilon(ledger.phases, plan.delta, plan.accountant)
 
+    last_saved = [latest]
+
     def save(step: int) -> None:
+        if step == last_saved[0]:
+            return
         host_state = _unreplicate(state)
         if not all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(host_state.params)):
             raise DpjaxError(f"Parameters became non-finite by step {step}: the last good "
@@ -313,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         meta = {"step": step, "ledger": ledger.to_json(), "seed": seed,
                 "seed_source": seed_source, "wall_time_s": wall_time_before + time.time() - t0}
         checkpointer.save(step, host_state, meta)
+        last_saved[0] = step
 
     def on_sigterm(signum, frame):
         raise _Preempted()
@@ -389,8 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             signal.signal(signal.SIGTERM, previous_handler)
     progress.close()
     final_step = int(_unreplicate(state.step))
-    if latest is None or final_step > (latest or 0):
-        save(final_step)
+    save(final_step)
     checkpointer.close()
 
     # Evaluation and summary.
