@@ -445,6 +445,8 @@ def _find_layout(tree: _imaging.FileTree, use_val: str) -> _Layout:
         for t, names in by_top.items():
             if t not in [split_dirs[s] for s in used]:
                 what = "files at the top" if t == "" else f"folder {root}{t}/"
+                if t == split_dirs.get("val"):
+                    what += " (dataset.use_val=ignore)"
                 ignored[what] += len(names)
     else:
         kind, roots = "flat", {"": root}
@@ -474,9 +476,6 @@ def _find_layout(tree: _imaging.FileTree, use_val: str) -> _Layout:
         raise DataError(f"{path}: found {len(with_images)} class folder(s) {sorted(with_images)} "
                         f"under {root or './'}; put one sub-folder per class "
                         "(root/<class>/image.png or root/train/<class>/image.png).")
-    if kind == "split" and "val" in split_dirs and use_val != "train":
-        ignored[f"folder {root}{split_dirs['val']}/ (dataset.use_val=ignore)"] += len(
-            by_top[split_dirs["val"]])
     return _Layout(root, kind, files, class_dirs, {k: v for k, v in ignored.items() if v})
 
 

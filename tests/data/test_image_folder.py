@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dpjax.config import base_config
 from dpjax.data import sources
 from dpjax.errors import ConfigError, DataError
 
@@ -228,8 +229,10 @@ def test_cache_is_reused_and_invalidated(tmp_path):
 
 def test_load_dispatches_to_folder(tmp_path):
     path = _write(tmp_path / "data", _split_layout(), True)
-    d = sources.load({"name": "folder", "path": path, "image_size": 0, "cache_dir": ""})
-    assert len(d.train) == 9
+    config = base_config().dataset  # locked, as in training
+    config.name, config.path, config.on_bad_image = "folder", path, "skip"
+    d = sources.load(config)
+    assert len(d.train) == 9 and d.class_names == ("ant", "bee", "cat")
 
 
 @pytest.mark.skipif(not os.path.isfile(CIFAR_ZIP), reason="shared CIFAR-10 zip not present")
