@@ -69,6 +69,36 @@ def base_config() -> ml_collections.ConfigDict:
         clipping="vmap",           # per-example gradient method
     ))
 
+    # Private training in phases (DP-RandP, Tang et al. 2023): the first
+    # `head_steps` steps train only the last norm's affine and the classifier
+    # (a DP linear probe on a prior), then everything trains. One accounted run.
+    c.phases = ml_collections.ConfigDict(dict(
+        head_steps=0,               # 0 = one phase (plain DP-SGD)
+        head_learning_rate=15.0,
+        head_noise_multiplier=0.0,  # 0 = the same σ as the rest of the run
+    ))
+
+    # Phase I of DP-RandP: a prior learned from random-process images, no
+    # private data (runs before private training when steps > 0 and
+    # model.init_from is empty).
+    c.pretrain = ml_collections.ConfigDict(dict(
+        steps=0,
+        batch_size=256,
+        families=("stylegan_oriented",),
+        resolution=32,              # of the generated images (= private images' size)
+        channels=3,                 # 1 makes grey images for grey private data
+        loss="align_uniform",       # align_uniform (the paper) | infonce
+        temperature=0.2,            # for infonce
+        learning_rate=0.12,
+        momentum=0.9,
+        weight_decay=1e-4,
+        decay_at=(0.775, 0.85, 0.925),  # lr x0.1 at these fractions (155/170/185 of 200)
+        hidden_dim=4096,            # projection head widths
+        projection_dim=128,
+        checkpoint_every=500,
+        log_every=50,
+    ))
+
     c.batch_size = 256          # expected logical batch B (Poisson: q = B / N)
     c.micro_batch_size = 256    # rows per device per micro-batch (memory knob)
     c.augmult = 1               # K augmented views per example, one clipped gradient
@@ -210,13 +240,14 @@ _CHOICES = {
     "privacy.sampling": ("poisson", "shuffle"),
     "privacy.accountant": ("pld", "rdp"),
     "privacy.clipping": ("vmap",),
+    "pretrain.loss": ("align_uniform", "infonce"),
     "optimizer.name": ("sgd", "momentum", "adam"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
 }
 _POSITIVE_INTS = ("batch_size", "micro_batch_size", "augmult", "num_steps",
                   "eval_batch_size", "log_every", "checkpoint_every")
 _NON_NEGATIVE_INTS = ("eval_every", "dataset.image_size", "augment.crop_padding",
-                      "optimizer.warmup_steps")
+                      "optimizer.warmup_steps", "phases.head_steps", "pretrain.steps")
 
 
 def _get(config, dotted: str):
@@ -246,6 +277,13 @@ def validate(config: ml_collections.ConfigDict, choices: dict | None = None) -> 
             raise ConfigError(f"Expected {key}={value!r} to be an integer >= 0.")
     p = config.privacy
     _positive_float("optimizer.learning_rate", config.optimizer.learning_rate)
+    if config.phases.head_steps:
+        if config.phases.head_steps >= config.num_steps:
+            raise ConfigError(f"phases.head_steps={config.phases.head_steps} must be below "
+                              f"num_steps={config.num_steps} (the phases share the steps).")
+        _positive_float("phases.head_learning_rate", config.phases.head_learning_rate)
+        if config.phases.head_noise_multiplier < 0:
+            raise ConfigError("Expected phases.head_noise_multiplier >= 0.")
     if not 0 <= config.ema_decay < 1:
         raise ConfigError(f"Expected ema_decay={config.ema_decay!r} in [0, 1).")
     if not 0 < config.dataset.test_fraction < 1:

@@ -121,24 +121,32 @@ def calibrate_noise_multiplier(
     sampling_rate: float,
     steps: int,
     accountant: str = "pld",
+    fixed_phases: Sequence[Phase] = (),
 ) -> float:
     """Smallest σ (to `CALIBRATION_TOL`) whose ε after `steps` steps is ≤ target.
 
+    With `fixed_phases`, those phases (with their own σ, e.g. a DP linear
+    probe) come first and σ is calibrated for the remaining `steps` so that
+    the composition of all of them reaches the target.
+
     Raises:
       ConfigError: if the target is not reachable (ε would exceed the target
-        even at σ = 500) or arguments are out of range.
+        even at σ = 512) or arguments are out of range.
     """
     _check_positive("target_epsilon", target_epsilon)
     _check_rate("delta", delta, allow_one=False)
     _check_rate("sampling_rate", sampling_rate)
     _check_positive_int("steps", steps)
-    return _cached_calibration(target_epsilon, delta, sampling_rate, steps, accountant)
+    fixed = tuple((p.steps, p.noise_multiplier, p.sampling_rate) for p in fixed_phases
+                  if p.steps > 0)
+    return _cached_calibration(target_epsilon, delta, sampling_rate, steps, accountant, fixed)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_calibration(target_epsilon, delta, sampling_rate, steps, accountant) -> float:
+def _cached_calibration(target_epsilon, delta, sampling_rate, steps, accountant,
+                        fixed=()) -> float:
     def eps_at(sigma: float) -> float:
-        return _cached_epsilon(((steps, sigma, sampling_rate),), delta, accountant)
+        return _cached_epsilon(fixed + ((steps, sigma, sampling_rate),), delta, accountant)
 
     # Bracket: eps(lo) > target >= eps(hi), then bisect on σ.
     hi = 1.0

@@ -36,6 +36,7 @@ from dpjax.data import sources
 from dpjax.errors import ConfigError, DpjaxError
 from dpjax.privacy import accounting
 from dpjax.privacy.sampling import PoissonSampler, PrivacyLedger, ShuffleSampler
+from dpjax.randp import priors
 from dpjax.train import checkpoint as checkpoint_lib
 from dpjax.train import optim, writers
 from dpjax.train import step as step_lib
@@ -49,34 +50,96 @@ _RESUME_SAFE_FIELDS = ("progress_bar", "log_every", "eval_every", "checkpoint_ev
 
 # --- privacy plan -----------------------------------------------------------
 
+HEAD_PARAMS = ("final_norm/", "classifier/")
+
+
+def is_head_param(path: str) -> bool:
+    """The parameters a DP linear probe trains: the last norm's affine and the classifier."""
+    return path.startswith(HEAD_PARAMS)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseSpec:
+    """A stretch of private steps with one σ, learning rate and trainable set."""
+
+    name: str
+    steps: int
+    noise_multiplier: float
+    learning_rate: float
+    trainable: str          # "all" | "head"
+
+
 @dataclasses.dataclass(frozen=True)
 class PrivacyPlan:
     """σ, q, steps and δ of a run, decided once before training."""
 
     private: bool
-    noise_multiplier: float
+    phases: tuple[PhaseSpec, ...]
     sampling_rate: float
-    steps: int
     delta: float
     accountant: str
     clip_norm: float
     calibrated: bool
 
+    @property
+    def steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+    @property
+    def noise_multiplier(self) -> float:
+        """σ of the main (last) phase."""
+        return self.phases[-1].noise_multiplier
+
+    def phase_index(self, step: int) -> int:
+        """Index of the phase that runs step `step` (0-based)."""
+        end = 0
+        for i, p in enumerate(self.phases):
+            end += p.steps
+            if step < end:
+                return i
+        return len(self.phases) - 1
+
+    def planned_epsilon(self) -> float | None:
+        if not self.private:
+            return None
+        return accounting.epsilon(
+            [accounting.Phase(p.steps, p.noise_multiplier, self.sampling_rate, p.name)
+             for p in self.phases], self.delta, self.accountant)
+
 
 def plan_privacy(config: ml_collections.ConfigDict, num_train: int) -> PrivacyPlan:
-    """Decides σ: the configured one, or calibrated to privacy.target_epsilon."""
+    """Decides the phases and their σ: configured, or calibrated to privacy.target_epsilon."""
     p = config.privacy
     q = config.batch_size / num_train
+    head = config.phases.head_steps
+    lr = config.optimizer.learning_rate
+    if head:
+        shapes = [("phase2_linear_probe", head, config.phases.head_learning_rate, "head"),
+                  ("phase3_finetune", config.num_steps - head, lr, "all")]
+    else:
+        shapes = [("dpsgd", config.num_steps, lr, "all")]
+
+    def with_sigma(main: float, head_sigma: float) -> tuple[PhaseSpec, ...]:
+        return tuple(PhaseSpec(n, k, head_sigma if t == "head" else main, l, t)
+                     for n, k, l, t in shapes)
+
     if p.mode == "none":
-        return PrivacyPlan(False, 0.0, q, config.num_steps, p.delta, p.accountant, math.inf,
+        return PrivacyPlan(False, with_sigma(0.0, 0.0), q, p.delta, p.accountant, math.inf,
                            False)
+    head_sigma = config.phases.head_noise_multiplier
     if p.noise_multiplier > 0:
-        return PrivacyPlan(True, float(p.noise_multiplier), q, config.num_steps, p.delta,
-                           p.accountant, p.clip_norm, False)
-    sigma = accounting.calibrate_noise_multiplier(
-        p.target_epsilon, p.delta, q, config.num_steps, p.accountant)
-    return PrivacyPlan(True, sigma, q, config.num_steps, p.delta, p.accountant, p.clip_norm,
-                       True)
+        return PrivacyPlan(True, with_sigma(p.noise_multiplier, head_sigma or p.noise_multiplier),
+                           q, p.delta, p.accountant, p.clip_norm, False)
+    if head and head_sigma > 0:
+        fixed = [accounting.Phase(head, head_sigma, q)]
+        sigma = accounting.calibrate_noise_multiplier(
+            p.target_epsilon, p.delta, q, config.num_steps - head, p.accountant, fixed)
+        phases = with_sigma(sigma, head_sigma)
+    else:
+        sigma = accounting.calibrate_noise_multiplier(
+            p.target_epsilon, p.delta, q, config.num_steps, p.accountant)
+        phases = with_sigma(sigma, sigma)
+    return PrivacyPlan(True, phases, q, p.delta, p.accountant, p.clip_norm, True)
 
 
 def account(config: ml_collections.ConfigDict, data: sources.DataSplits | None = None) -> dict:
@@ -89,8 +152,10 @@ def account(config: ml_collections.ConfigDict, data: sources.DataSplits | None =
               "sampling_rate": plan.sampling_rate, "steps": plan.steps, "delta": plan.delta,
               "accountant": plan.accountant, "noise_multiplier": plan.noise_multiplier,
               "calibrated": plan.calibrated, "sampling": config.privacy.sampling}
+    result["phases"] = [dataclasses.asdict(ph) for ph in plan.phases]
     if plan.private:
-        phases = [accounting.Phase(plan.steps, plan.noise_multiplier, plan.sampling_rate)]
+        phases = [accounting.Phase(ph.steps, ph.noise_multiplier, plan.sampling_rate)
+                  for ph in plan.phases]
         result["epsilon"] = accounting.epsilon(phases, plan.delta, plan.accountant)
         other = "rdp" if plan.accountant == "pld" else "pld"
         result[f"epsilon_{other}"] = accounting.epsilon(phases, plan.delta, other)
@@ -240,23 +305,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     num_devices = jax.device_count()
     micro_global = config.micro_batch_size * num_devices
 
-    # Model and optimiser.
+    # Model and optimiser (one per phase: the trainable set and lr change).
     model, variables, spec = build_model(config, data)
     if plan.private:
         models.check_dp_compatible(model, variables, data.train.images.shape[1:])
     extra = {k: v for k, v in variables.items() if k != "params"}
-    params = init_params if init_params is not None else variables["params"]
-    tx = optim.make_optimizer(config.optimizer, plan.steps)
-    fns = step_lib.build_step_fns(model, spec, tx, private=plan.private,
-                                  ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
-                                  variables_extra=extra)
+    params = variables["params"]
+    prior_info = None
+    if init_params is not None:
+        params = init_params
+    elif config.model.init_from:
+        params, prior_info = priors.load_into(config.model.init_from, params)
     predict = step_lib.make_predict(model, spec, extra)
+
+    def phase_parts(index: int):
+        ph = plan.phases[index]
+        is_trainable = is_head_param if ph.trainable == "head" else None
+        opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+        opt_cfg.learning_rate = ph.learning_rate
+        tx = optim.make_optimizer(opt_cfg, ph.steps)
+        fns = step_lib.build_step_fns(model, spec, tx, private=plan.private,
+                                      is_trainable=is_trainable, ema_decay=config.ema_decay,
+                                      ema_warmup=config.ema_warmup, variables_extra=extra)
+        return tx, is_trainable, fns
 
     # Workdir and resume.
     config_dict = config.to_dict()
     os.makedirs(workdir, exist_ok=True)
     checkpointer = checkpoint_lib.Checkpointer(workdir)
-    state = step_lib.init_state(params, tx)
     latest = checkpointer.latest_step()
     if latest is not None:
         saved_config = json.load(open(os.path.join(workdir, "config.json")))
@@ -265,13 +341,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             raise ConfigError(
                 f"{workdir} holds a run with a different config ({', '.join(changed[:5])} "
                 "differ): use a new --workdir, or rerun with the saved config.json.")
-        state, meta = checkpointer.restore(state)
+        # A checkpoint at step s was written by the phase that ran step s - 1.
+        phase = plan.phase_index(max(latest - 1, 0))
+        tx, is_trainable, fns = phase_parts(phase)
+        state, meta = checkpointer.restore(step_lib.init_state(params, tx, is_trainable))
         ledger = PrivacyLedger.from_json(meta["ledger"])
         seed, seed_source = int(meta["seed"]), meta["seed_source"]
         wall_time_before = float(meta["wall_time_s"])
         start_step = int(meta["step"])
         log.info("Resuming %s from step %d.", workdir, start_step)
     else:
+        phase = 0
+        tx, is_trainable, fns = phase_parts(phase)
+        state = step_lib.init_state(params, tx, is_trainable)
         ledger = PrivacyLedger()
         seed, seed_source = _draw_seed(config)
         wall_time_before = 0.0
@@ -327,9 +409,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     t0 = time.time()
     progress = _progress(config, start_step, plan.steps)
     window = {"examples": 0, "time": time.time()}
-    last_eval = {}
     try:
         for step in range(start_step, plan.steps):
+            if plan.phase_index(step) != phase:
+                # Phase switch: same parameters and EMA, a fresh optimiser for the new set.
+                phase = plan.phase_index(step)
+                tx, is_trainable, fns = phase_parts(phase)
+                host = _unreplicate(state)
+                fresh = step_lib.init_state(host.params, tx, is_trainable)
+                state = _replicate(fresh._replace(step=host.step, ema_params=host.ema_params))
+                progress.note(f"step {step}: starting {plan.phases[phase].name}")
+            ph = plan.phases[phase]
+
             # Input: the sampler decides the batch from (seed, step) alone.
             batch = sampler.batch(step)
             step_key = jax.random.fold_in(master_key, step)
@@ -345,9 +436,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             # Update: noise once for the logical batch, then record what ran.
             noise_key = jax.random.fold_in(step_key, 0)
             state, stats, grad_norm = fns.update(
-                state, acc, stats, noise_key, plan.noise_multiplier, plan.clip_norm,
+                state, acc, stats, noise_key, ph.noise_multiplier, plan.clip_norm,
                 float(config.batch_size))
-            ledger.record(plan.noise_multiplier, plan.sampling_rate, "dpsgd")
+            ledger.record(ph.noise_multiplier, plan.sampling_rate, ph.name)
             window["examples"] += batch.num_examples
             done = step + 1
 
@@ -428,8 +519,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         "ema": config.ema_decay > 0,
         "wall_time_s": wall_time_before + time.time() - t0,
         "seed_source": seed_source,
-        "phases": [dict(dataclasses.asdict(p), epsilon=accounting.epsilon(
-            ledger.phases[:i + 1], plan.delta, plan.accountant) if plan.private else None)
+        "phases": ([prior_info] if prior_info else []) + [
+            dict(dataclasses.asdict(p), epsilon=accounting.epsilon(
+                ledger.phases[:i + 1], plan.delta, plan.accountant) if plan.private else None)
             for i, p in enumerate(ledger.phases)],
         "devices": num_devices,
     }
