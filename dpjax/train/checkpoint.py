@@ -33,8 +33,8 @@ def _as_leaf_dict(tree: PyTree) -> dict:
 class Checkpointer:
     """Saves and restores (state, meta) under `workdir/checkpoints`."""
 
-    def __init__(self, workdir: str, max_to_keep: int = 2):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    def __init__(self, workdir: str, max_to_keep: int = 2, subdir: str = "checkpoints"):
+        self.directory = os.path.abspath(os.path.join(workdir, subdir))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)

@@ -36,7 +36,7 @@ from dpjax.data import sources
 from dpjax.errors import ConfigError, DpjaxError
 from dpjax.privacy import accounting
 from dpjax.privacy.sampling import PoissonSampler, PrivacyLedger, ShuffleSampler
-from dpjax.randp import priors
+from dpjax.randp import pretrain, priors
 from dpjax.train import checkpoint as checkpoint_lib
 from dpjax.train import optim, writers
 from dpjax.train import step as step_lib
@@ -314,8 +314,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     prior_info = None
     if init_params is not None:
         params = init_params
-    elif config.model.init_from:
-        params, prior_info = priors.load_into(config.model.init_from, params)
+    elif config.model.init_from or config.pretrain.steps:
+        # DP-RandP Phase I: learn the prior from random processes first. It is
+        # handed only the config (model and pretrain blocks), never the data.
+        init_from = config.model.init_from or pretrain.pretrain(
+            config, workdir, seed=max(config.seed, 0))
+        params, prior_info = priors.load_into(init_from, params)
     predict = step_lib.make_predict(model, spec, extra)
 
     def phase_parts(index: int):
