@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""The sweep launcher: a grid of runs over methods, config arguments and seeds.
+
+Each method is a config (with its own `:key=value` variant arguments); the
+grid adds more variant arguments (`--arg eps=1,2`) and seeds. Every run is a
+`dpjax train` in its own workdir (so a sweep resumes: finished runs are
+skipped, interrupted ones resume), and at the end the runs' `summary.json`
+files are gathered into one table, mean ± std over seeds, one column per
+method, as Markdown and CSV.
+
+    # DP-RandP against DP-SGD from scratch at the same ε, 3 seeds each:
+    python launch/sweep.py --workdir runs/randp_vs_scratch \
+        --method "DP-SGD from scratch=configs/quickstart.py" \
+        --method "DP-RandP=configs/dprandp_quickstart.py" \
+        --arg eps=1,2 --seeds 0,1,2
+
+    # Any config field on the grid, too:
+    python launch/sweep.py --workdir runs/clip --method dpsgd=configs/quickstart.py \
+        --override privacy.clip_norm=0.5,1,2 --seeds 0,1
+
+The ε column is taken from the runs' summaries (the accountant's ε for what
+ran), never recomputed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+
+def _parse_method(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        return os.path.splitext(os.path.basename(text.split(":")[0]))[0], text
+    name, spec = text.split("=", 1)
+    return name.strip(), spec.strip()
+
+
+def _parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
+    grid = []
+    for item in items:
+        key, _, values = item.partition("=")
+        if not values:
+            raise SystemExit(f"sweep: {item!r} must be KEY=V1,V2,...")
+        grid.append((key.strip(), [v.strip() for v in values.split(",")]))
+    return grid
+
+
+def _run_dir(workdir: str, method: str, point: dict, seed) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in method)
+    parts = [f"{k.replace('.', '_')}={v}" for k, v in point.items()]
+    if seed is not None:
+        parts.append(f"seed={seed}")
+    return os.path.join(workdir, safe, ",".join(parts) or "default")
+
+
+def plan_runs(methods, args_grid, override_grid, seeds, workdir) -> list[dict]:
+    """Every (method, grid point, seed) as {name, spec, overrides, workdir, point, seed}."""
+    runs = []
+    keys = [k for k, _ in args_grid] + [k for k, _ in override_grid]
+    values = [v for _, v in args_grid] + [v for _, v in override_grid]
+    arg_keys = {k for k, _ in args_grid}
+    for name, spec in methods:
+        for combo in itertools.product(*values) if values else [()]:
+            point = dict(zip(keys, combo))
+            config_args = [f"{k}={v}" for k, v in point.items() if k in arg_keys]
+            path, _, base_args = spec.partition(":")
+            all_args = ",".join(a for a in [base_args] + config_args if a)
+            overrides = [f"--config.{k}={v}" for k, v in point.items() if k not in arg_keys]
+            for seed in seeds or [None]:
+                seed_override = [f"--config.seed={seed}"] if seed is not None else []
+                runs.append({
+                    "method": name, "point": point, "seed": seed,
+                    "config": f"{path}:{all_args}" if all_args else path,
+                    "overrides": overrides + seed_override,
+                    "workdir": _run_dir(workdir, name, point, seed),
+                })
+    return runs
+
+
+def run_local(run: dict, extra: Sequence[str]) -> int:
+    """Runs one training job here (skipped when its summary exists)."""
+    if os.path.isfile(os.path.join(run["workdir"], "summary.json")):
+        return 0
+    cmd = [sys.executable, "-m", "dpjax.cli", "train", "--config", run["config"],
+           "--workdir", run["workdir"], "--config.progress_bar=False", *run["overrides"],
+           *extra]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) \
+        if len(values) > 1 else 0.0
+    return mean, std
+
+
+def gather(runs: list[dict], metric: str = "test_accuracy") -> list[dict]:
+    """One row per grid point: per method, mean/std of `metric` and of ε over seeds."""
+    rows = {}
+    for run in runs:
+        path = os.path.join(run["workdir"], "summary.json")
+        summary = json.load(open(path)) if os.path.isfile(path) else None
+        key = tuple(sorted(run["point"].items()))
+        row = rows.setdefault(key, {"point": run["point"], "methods": {}})
+        cell = row["methods"].setdefault(run["method"], {"values": [], "eps": [], "missing": 0})
+        if summary is None:
+            cell["missing"] += 1
+            continue
+        cell["values"].append(summary.get(metric))
+        cell["eps"].append(summary.get("epsilon"))
+        for extra in ("ldp_epsilon_per_pixel", "ldp_epsilon_per_image", "train_accuracy"):
+            if summary.get(extra) is not None:
+                cell.setdefault(extra, []).append(summary[extra])
+    out = []
+    for row in rows.values():
+        for cell in row["methods"].values():
+            cell["mean"], cell["std"] = _mean_std(cell["values"])
+            cell["epsilon"] = max((e for e in cell["eps"] if e is not None), default=None)
+        out.append(row)
+    return out
+
+
+def _fmt(mean, std, n):
+    if mean is None:
+        return "—"
+    return f"{100 * mean:.1f} ± {100 * std:.1f} (n={n})" if n > 1 else f"{100 * mean:.1f}"
+
+
+def write_tables(rows: list[dict], methods: Sequence[str], workdir: str,
+                 metric: str = "test_accuracy") -> str:
+    """Writes results.md and results.csv in `workdir`; returns the Markdown."""
+    point_keys = list(rows[0]["point"]) if rows else []
+    header = point_keys + [f"{m} {metric} (%)" for m in methods] + [f"{m} ε" for m in methods]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(point_keys + [f"{m}_{k}" for m in methods
+                                      for k in ("mean", "std", "n", "epsilon")])
+        for row in rows:
+            cells = [row["methods"].get(m, {}) for m in methods]
+            eps = [c.get("epsilon") for c in cells]
+            lines.append("| " + " | ".join(
+                [str(row["point"][k]) for k in point_keys]
+                + [_fmt(c.get("mean"), c.get("std"), len(c.get("values", []))) for c in cells]
+                + ["non-private" if e is None else f"{e:.3f}" for e in eps]) + " |")
+            writer.writerow([row["point"][k] for k in point_keys] + [
+                x for c in cells for x in (c.get("mean"), c.get("std"),
+                                           len(c.get("values", [])), c.get("epsilon"))])
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(table)
+    return table
+
+
+def compare(rows: list[dict], methods: Sequence[str]) -> list[str]:
+    """For two methods: does the second beat the first by more than the seed spread?"""
+    if len(methods) != 2:
+        return []
+    a, b = methods
+    verdicts = []
+    for row in rows:
+        ca, cb = row["methods"].get(a, {}), row["methods"].get(b, {})
+        if ca.get("mean") is None or cb.get("mean") is None:
+            continue
+        diff = cb["mean"] - ca["mean"]
+        spread = max(ca["std"], cb["std"])
+        verdict = "wins" if diff > spread else "does not win"
+        verdicts.append(f"{row['point']}: {b} − {a} = {100 * diff:+.1f} points, seed spread "
+                        f"(largest std) {100 * spread:.1f}: {b} {verdict}")
+    return verdicts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--method", action="append", required=True,
+                        help="NAME=configs/X.py[:k=v,...] (repeatable)")
+    parser.add_argument("--arg", action="append", default=[],
+                        help="config argument grid KEY=V1,V2 (repeatable)")
+    parser.add_argument("--override", action="append", default=[],
+                        help="config field grid FIELD=V1,V2 (repeatable)")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds")
+    parser.add_argument("--metric", default="test_accuracy")
+    parser.add_argument("--dry_run", action="store_true", help="print the runs and stop")
+    args, extra = parser.parse_known_args(argv)
+    methods = [_parse_method(m) for m in args.method]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    runs = plan_runs(methods, _parse_grid(args.arg), _parse_grid(args.override), seeds,
+                     args.workdir)
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(os.path.join(args.workdir, "sweep.json"), "w") as f:
+        json.dump(runs, f, indent=2)
+    if args.dry_run:
+        for run in runs:
+            print(run["workdir"], run["config"], " ".join(run["overrides"]))
+        return 0
+    failed = [r for r in runs if run_local(r, extra) != 0]
+    names = [n for n, _ in methods]
+    rows = gather(runs, args.metric)
+    print(write_tables(rows, names, args.workdir))
+    for line in compare(rows, names):
+        print(line)
+    if failed:
+        print(f"sweep: {len(failed)} run(s) failed: " + ", ".join(r["workdir"] for r in failed),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

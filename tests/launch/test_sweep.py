@@ -1,0 +1,41 @@
+"""The sweep launcher: run planning, gathering summaries, tables, comparison."""
+
+import importlib.util
+import json
+import os
+
+from tests.helpers import REPO
+
+_spec = importlib.util.spec_from_file_location("sweep", os.path.join(REPO, "launch", "sweep.py"))
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+
+def test_plan_runs_grid(tmp_path):
+    methods = [sweep._parse_method("scratch=configs/quickstart.py"),
+               sweep._parse_method("randp=configs/dprandp_quickstart.py:steps=10")]
+    runs = sweep.plan_runs(methods, sweep._parse_grid(["eps=1,2"]),
+                           sweep._parse_grid(["privacy.clip_norm=0.5,1"]), [0, 1], str(tmp_path))
+    assert len(runs) == 2 * 2 * 2 * 2
+    r = [x for x in runs if x["method"] == "randp"][0]
+    assert r["config"] == "configs/dprandp_quickstart.py:steps=10,eps=1"
+    assert "--config.privacy.clip_norm=0.5" in r["overrides"]
+    assert "--config.seed=0" in r["overrides"]
+    assert len({x["workdir"] for x in runs}) == len(runs)
+
+
+def test_gather_tables_and_compare(tmp_path):
+    methods = [("a", "configs/quickstart.py"), ("b", "configs/dprandp_quickstart.py")]
+    runs = sweep.plan_runs(methods, sweep._parse_grid(["eps=1"]), [], [0, 1, 2], str(tmp_path))
+    accuracy = {"a": [0.60, 0.62, 0.61], "b": [0.80, 0.79, 0.81]}
+    for run in runs:
+        os.makedirs(run["workdir"])
+        with open(os.path.join(run["workdir"], "summary.json"), "w") as f:
+            json.dump({"test_accuracy": accuracy[run["method"]][run["seed"]], "epsilon": 0.99}, f)
+    rows = sweep.gather(runs)
+    table = sweep.write_tables(rows, ["a", "b"], str(tmp_path))
+    assert "61.0 ± 1.0 (n=3)" in table and "80.0 ± 1.0 (n=3)" in table and "0.990" in table
+    assert (tmp_path / "results.csv").read_text().count("\n") == 2
+    verdicts = sweep.compare(rows, ["a", "b"])
+    assert len(verdicts) == 1 and "b wins" in verdicts[0]
+    assert sweep.run_local(runs[0], []) == 0  # finished runs are skipped
