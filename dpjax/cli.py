@@ -60,9 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", default="test", choices=("test", "train"))
 
-    for name, helptext in _EXTRA_COMMANDS.items():
-        extra = sub.add_parser(name, help=helptext[0])
-        helptext[1](extra)
+    pretrain = sub.add_parser("pretrain", help="DP-RandP Phase I only: write DIR/prior")
+    pretrain.add_argument("--config", required=True)
+    pretrain.add_argument("--workdir", required=True)
+
+    generate = sub.add_parser("generate", help="write a grid of random-process samples")
+    generate.add_argument("--config", required=True)
+    generate.add_argument("--out", required=True, help="PNG path")
+    generate.add_argument("--per_family", type=int, default=8)
+    generate.add_argument("--resolution", type=int, default=0,
+                          help="default: the config's pretrain.resolution")
+    generate.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -102,10 +110,36 @@ def _cmd_evaluate(args, overrides) -> int:
     return 0
 
 
-# Further commands register here: name -> (help, add_arguments(parser)); their
-# handlers go in _HANDLERS.
-_EXTRA_COMMANDS: dict = {}
-_HANDLERS = {"train": _cmd_train, "account": _cmd_account, "evaluate": _cmd_evaluate}
+def _cmd_pretrain(args, overrides) -> int:
+    from dpjax import config as config_lib
+    from dpjax.randp import pretrain
+
+    config = config_lib.load_config(args.config, overrides)
+    config_lib.validate(config)
+    path = pretrain.pretrain(config, args.workdir, seed=max(config.seed, 0))
+    print(f"prior written to {path} (no private data used; ε = 0)")
+    return 0
+
+
+def _cmd_generate(args, overrides) -> int:
+    import jax
+
+    from dpjax import config as config_lib
+    from dpjax.data import random_processes
+
+    config = config_lib.load_config(args.config, overrides)
+    families = random_processes.FAMILIES
+    resolution = args.resolution or config.pretrain.resolution
+    grid = random_processes.sample_grid(jax.random.key(args.seed), families, args.per_family,
+                                        resolution)
+    random_processes.save_grid_png(args.out, grid)
+    print(f"{args.out}: rows {', '.join(families)}; {args.per_family} samples each at "
+          f"{resolution}x{resolution}")
+    return 0
+
+
+_HANDLERS = {"train": _cmd_train, "account": _cmd_account, "evaluate": _cmd_evaluate,
+             "pretrain": _cmd_pretrain, "generate": _cmd_generate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
