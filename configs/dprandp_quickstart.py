@@ -17,7 +17,7 @@ from dpjax.config import base_config, parse_arg
 
 def get_config(arg=None):
     args = parse_arg(arg, eps=4.0, steps=300, head_steps=60, pretrain_steps=1000, prior="",
-                     lr=2.0, head_lr=8.0)
+                     lr=1.0, head_lr=0.5)
     c = base_config()
     c.name = "dprandp_quickstart"
     c.dataset.name = "digits"

@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--config", required=True)
     pretrain.add_argument("--workdir", required=True)
 
+    audit = sub.add_parser("audit", help="one-run privacy audit (Steinke et al. 2023)")
+    audit.add_argument("--config", required=True)
+    audit.add_argument("--workdir", required=True)
+    audit.add_argument("--canaries", type=int, default=1000)
+    audit.add_argument("--kind", default="gradient", choices=("gradient", "input"))
+    audit.add_argument("--control", default=None, choices=("noise_off", "clip_off"),
+                       help="negative control: train without noise or clipping")
+    audit.add_argument("--seed", type=int, default=0)
+
     generate = sub.add_parser("generate", help="write a grid of random-process samples")
     generate.add_argument("--config", required=True)
     generate.add_argument("--out", required=True, help="PNG path")
@@ -121,6 +130,17 @@ def _cmd_pretrain(args, overrides) -> int:
     return 0
 
 
+def _cmd_audit(args, overrides) -> int:
+    from dpjax import config as config_lib
+    from dpjax.train import audit
+
+    config = config_lib.load_config(args.config, overrides)
+    report = audit.run_audit(config, args.workdir, num_canaries=args.canaries, kind=args.kind,
+                             control=args.control, seed=args.seed)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_generate(args, overrides) -> int:
     import jax
 
@@ -139,7 +159,7 @@ def _cmd_generate(args, overrides) -> int:
 
 
 _HANDLERS = {"train": _cmd_train, "account": _cmd_account, "evaluate": _cmd_evaluate,
-             "pretrain": _cmd_pretrain, "generate": _cmd_generate}
+             "pretrain": _cmd_pretrain, "generate": _cmd_generate, "audit": _cmd_audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dpjax.errors import ConfigError
@@ -101,71 +102,80 @@ def check_dp_compatible(model: nn.Module, variables: Any,
         model: the module, as `get_model` returns it.
         variables: what `model.init` returned ('params', maybe 'batch_stats').
         sample_shape: one input's shape (H, W, C), e.g. the training images'.
-            If omitted it is guessed from the first kernel: (32, 32, C_in) for
-            a convolution, (1, 1, fan_in) for a dense layer; pass it for
-            models whose dense layers depend on the resolution ("small_cnn").
+            If omitted, a shape that reproduces the parameters' shapes is
+            looked for (square sizes 32, 28, 8, 16, 64, 224); pass it when
+            you know it.
 
     Raises:
         ConfigError: the model computes statistics across examples.
     """
     if getattr(model, "norm", None) == "batch":
         raise ConfigError(_BATCH_MESSAGE)
-    shape = tuple(sample_shape) if sample_shape is not None else _guess_sample_shape(variables)
+    shape = tuple(sample_shape) if sample_shape is not None else _guess_sample_shape(
+        model, variables)
     probe = model.clone(dtype=np.float32) if hasattr(model, "dtype") else model
     x = jax.random.normal(jax.random.key(0), (2,) + shape)
 
-    def run(inputs):
-        return probe.apply(variables, inputs, mutable=["batch_stats", "intermediates"],
-                           capture_intermediates=True)
+    names = []  # layer paths in the order the layers return (jit would sort dict keys)
 
-    try:
-        _, state = run(x)
-        singles = [run(x[i:i + 1])[1]["intermediates"] for i in range(2)]
-    except Exception as e:
-        if sample_shape is None:
-            raise ValueError(f"check_dp_compatible could not run the model on a guessed input "
-                             f"of shape {shape}; pass sample_shape=(H, W, C).") from e
-        raise
+    @jax.jit
+    def run(inputs):
+        _, state = probe.apply(variables, inputs, mutable=["batch_stats", "intermediates"],
+                               capture_intermediates=True)
+        flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(state["intermediates"]))
+        names[:] = ["/".join(map(str, path[:-1])) or "(top level)" for path in flat]
+        return state.get("batch_stats", {}), list(flat.values())
+
+    stats, batched = run(x)
+    singles = [run(x[i:i + 1])[1] for i in range(2)]
     before = jax.tree_util.tree_leaves(variables.get("batch_stats", {}))
-    after = jax.tree_util.tree_leaves(state.get("batch_stats", {}))
+    after = jax.tree_util.tree_leaves(stats)
     if len(before) != len(after) or any(
             not np.array_equal(a, b) for a, b in zip(before, after)):
         raise ConfigError("the model updates its batch_stats on a training forward pass, so it "
                           "normalises with statistics of the whole batch, which breaks "
                           "per-example DP; use model.kwargs.norm='group', or "
                           "norm='batch_frozen' with statistics from public pre-training.")
-    mixed = _first_mixing_layer(state["intermediates"], singles)
-    if mixed is not None:
-        raise ConfigError(f"model layer {mixed!r} computes its output for one example from "
-                          f"other examples of the batch, which breaks per-example DP; use "
-                          f"model.kwargs.norm='group' (GroupNorm) or frozen statistics.")
+    for name, outputs, *alone in zip(names, batched, *singles):
+        if _mixes(outputs, alone):
+            raise ConfigError(f"model layer {name!r} computes its output for one example from "
+                              f"other examples of the batch, which breaks per-example DP; use "
+                              f"model.kwargs.norm='group' (GroupNorm) or frozen statistics.")
 
 
-def _guess_sample_shape(variables: Any) -> tuple[int, ...]:
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]))
-    for path, leaf in flat.items():
-        if path[-1] == "kernel" and np.ndim(leaf) == 4:
-            return (32, 32, int(np.shape(leaf)[2]))
-        if path[-1] == "kernel" and np.ndim(leaf) == 2:
-            return (1, 1, int(np.shape(leaf)[0]))
-    raise ValueError("check_dp_compatible found no kernel to guess the input shape from; "
-                     "pass sample_shape=(H, W, C).")
+def _guess_sample_shape(model: nn.Module, variables: Any) -> tuple[int, ...]:
+    """An input shape (H, W, C) for which `model.init` makes `variables`' parameter shapes.
+
+    Tries square sizes 32, 28, 8, 16, 64, 224 with every input-channel count
+    of a conv kernel (a dense kernel's fan-in as (1, 1, fan_in) for MLPs),
+    by shape inference only.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
+    kernels = [leaf.shape for path, leaf in leaves if getattr(path[-1], "key", None) == "kernel"]
+    channels = sorted({s[2] for s in kernels if len(s) == 4})
+    candidates = [(size, size, c) for size in (32, 28, 8, 16, 64, 224) for c in channels]
+    candidates += [(1, 1, s[0]) for s in kernels if len(s) == 2]
+    want = jax.tree_util.tree_map(np.shape, flax.core.unfreeze(variables["params"]))
+    for shape in candidates:
+        try:
+            got = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + shape))
+        except Exception:  # a shape the model cannot take: try the next one
+            continue
+        if jax.tree_util.tree_map(lambda a: a.shape, flax.core.unfreeze(got["params"])) == want:
+            return shape
+    raise ValueError("check_dp_compatible could not infer the model's input shape from its "
+                     "parameters; pass sample_shape=(H, W, C).")
 
 
-def _first_mixing_layer(batched: Any, singles: list) -> str | None:
-    """Path of the first captured layer output where batch != per-example outputs."""
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(batched))
-    flat_singles = [flax.traverse_util.flatten_dict(flax.core.unfreeze(s)) for s in singles]
-    for path, outputs in flat.items():
-        for i, out in enumerate(outputs):
-            pieces = [s[path][i] for s in flat_singles]
-            if not all(isinstance(o, jax.Array) for o in [out, *pieces]):
-                continue
-            out = np.asarray(out, np.float32)
-            if out.ndim == 0 or out.shape[0] != 2 or any(p.shape[0] != 1 for p in pieces):
-                continue
-            alone = np.concatenate([np.asarray(p, np.float32) for p in pieces])
-            scale = max(1.0, float(np.max(np.abs(out))))
-            if not np.allclose(out, alone, rtol=1e-3, atol=1e-4 * scale):
-                return "/".join(str(p) for p in path[:-1]) or "(top level)"
-    return None
+def _mixes(batched: Any, alone: list) -> bool:
+    """Whether a layer's outputs for a batch of two differ from its outputs for each alone."""
+    for out, *pieces in zip(jax.tree_util.tree_leaves(batched),
+                            *map(jax.tree_util.tree_leaves, alone)):
+        out = np.asarray(out, np.float32)
+        if out.ndim == 0 or out.shape[0] != 2 or any(np.shape(p)[:1] != (1,) for p in pieces):
+            continue  # not an (examples, ...) array
+        pieces = np.concatenate([np.asarray(p, np.float32) for p in pieces])
+        scale = max(1.0, float(np.max(np.abs(out))))
+        if not np.allclose(out, pieces, rtol=1e-3, atol=1e-4 * scale):
+            return True
+    return False

@@ -83,6 +83,8 @@ class WideResNet(nn.Module):
         _checks.positive_int("num_classes", self.num_classes)
         _checks.positive_int("model.kwargs.width", self.width)
         _checks.positive_int("model.kwargs.groups", self.groups)
+        _checks.one_of("model.kwargs.weight_standardization", self.weight_standardization,
+                       (False, True))
         _checks.float_dtype(self.dtype)
         if not isinstance(self.depth, int) or self.depth < 10 or (self.depth - 4) % 6:
             raise ConfigError(f"Expected model.kwargs.depth = 6n + 4 with n >= 1 (16, 22, 28, "

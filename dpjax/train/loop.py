@@ -269,12 +269,22 @@ class _Preempted(Exception):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class AuditHooks:
+    """What `dpjax audit` changes in a run (see dpjax/train/audit.py)."""
+
+    canaries: step_lib.GradientCanaries | None = None
+    disable_noise: bool = False       # negative control: the claimed ε no longer holds
+    disable_clipping: bool = False    # negative control: the claimed ε no longer holds
+
+
 # --- the run ----------------------------------------------------------------
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        data: sources.DataSplits | None = None,
                        init_params: Any = None,
-                       max_steps_this_run: int = 0) -> dict:
+                       max_steps_this_run: int = 0,
+                       audit: AuditHooks | None = None) -> dict:
     """Trains with DP-SGD (or non-privately) as configured; returns the summary.
 
     Args:
@@ -286,6 +296,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       max_steps_this_run: if > 0, checkpoint and return after this many steps
         (a time slice: rerunning resumes); the result then has "finished":
         False and no test metrics.
+      audit: privacy-audit hooks (canaries, and the negative controls that
+        switch noise or clipping off). Not part of the config on purpose: a
+        config can never train without noise or clipping.
 
     Raises:
       DpjaxError (ConfigError, DataError): user mistakes, before anything is
@@ -330,7 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         tx = optim.make_optimizer(opt_cfg, ph.steps)
         fns = step_lib.build_step_fns(model, spec, tx, private=plan.private,
                                       is_trainable=is_trainable, ema_decay=config.ema_decay,
-                                      ema_warmup=config.ema_warmup, variables_extra=extra)
+                                      ema_warmup=config.ema_warmup, variables_extra=extra,
+                                      canaries=audit.canaries if audit else None)
         return tx, is_trainable, fns
 
     # Workdir and resume.
@@ -410,6 +424,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm) \
         if _is_main_thread() else None
+    no_noise = bool(audit and audit.disable_noise)
+    sum_clip_norm = math.inf if audit and audit.disable_clipping else plan.clip_norm
+    initial_params = _unreplicate(state.params) if audit else None
     t0 = time.time()
     progress = _progress(config, start_step, plan.steps)
     window = {"examples": 0, "time": time.time()}
@@ -436,12 +453,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 mask = batch.mask[m, host_rows].reshape(local, -1)
                 images, labels = gather(train_images, train_labels, idx)
                 acc, stats = fns.accumulate(state.params, acc, stats, images, labels, idx, mask,
-                                            augment_key, plan.clip_norm)
+                                            augment_key, sum_clip_norm)
             # Update: noise once for the logical batch, then record what ran.
             noise_key = jax.random.fold_in(step_key, 0)
             state, stats, grad_norm = fns.update(
-                state, acc, stats, noise_key, ph.noise_multiplier, plan.clip_norm,
-                float(config.batch_size))
+                state, acc, stats, noise_key, 0.0 if no_noise else ph.noise_multiplier,
+                plan.clip_norm, float(config.batch_size))
             ledger.record(ph.noise_multiplier, plan.sampling_rate, ph.name)
             window["examples"] += batch.num_examples
             done = step + 1
@@ -537,6 +554,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.close()
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    if audit:
+        summary["audit_params"] = (initial_params, _unreplicate(state.params))
     summary["test_probs"] = final["probs"]
     summary["test_labels"] = data.test.labels
     return summary

@@ -93,13 +93,53 @@ def prepare_eval(images: jax.Array, spec: InputSpec) -> jax.Array:
     return augment.normalize(augment.to_float(images), spec.mean, spec.std)
 
 
-def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree = None):
+@flax.struct.dataclass
+class GradientCanaries:
+    """White-box audit canaries (Steinke, Nasr & Jagielski 2023).
+
+    A training row whose label is −1 − j is canary j: its "loss" is
+    scale · ⟨θ, d_j⟩ with d_j a fixed random unit direction over the trainable
+    parameters, so its per-example gradient is scale · d_j — a gradient of
+    norm `scale` that goes through sampling and clipping like any other.
+    """
+
+    key: jax.Array
+    scale: float = flax.struct.field(pytree_node=False)
+
+
+def canary_direction(key: jax.Array, canary_id: jax.Array, like: dict) -> dict:
+    """d_j: a unit-norm Gaussian direction over the pytree `like`, fixed by (key, j)."""
+    k = jax.random.fold_in(key, canary_id)
+    names = sorted(like)
+    keys = jax.random.split(k, len(names))
+    raw = {n: jax.random.normal(kk, like[n].shape, jnp.float32) for n, kk in zip(names, keys)}
+    norm = jnp.sqrt(sum(jnp.sum(v ** 2) for v in raw.values()))
+    return {n: v / norm for n, v in raw.items()}
+
+
+def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree = None,
+                      canaries: GradientCanaries | None = None):
     """`loss(trainable, frozen, (image, label, key)) -> (loss, (loss, correct))` for ONE example.
 
     With augmult K > 1 the loss is the mean over K augmented views of the
     example (De et al. 2022): its gradient is clipped once, as one example's.
+    With `canaries`, rows with negative labels are gradient canaries.
     """
     extra = variables_extra or {}
+    if canaries is not None:
+        data_loss = make_example_loss(model, spec, variables_extra)
+
+        def canary_loss_fn(trainable, frozen, example):
+            image, label, key = example
+            is_canary = label < 0
+            loss, (_, correct) = data_loss(trainable, frozen,
+                                           (image, jnp.maximum(label, 0), key))
+            d = canary_direction(canaries.key, -1 - label, trainable)
+            inner = sum(jnp.vdot(trainable[n].astype(jnp.float32), d[n]) for n in d)
+            total = jnp.where(is_canary, canaries.scale * inner, loss)
+            return total, (jnp.where(is_canary, 0.0, loss), jnp.where(is_canary, 0.0, correct))
+
+        return canary_loss_fn
 
     def loss_fn(trainable, frozen, example):
         image, label, key = example
@@ -216,9 +256,10 @@ class StepFns(NamedTuple):
 
 def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransformation, *,
                    private: bool, is_trainable=None, ema_decay: float = 0.0,
-                   ema_warmup: bool = False, variables_extra=None) -> StepFns:
+                   ema_warmup: bool = False, variables_extra=None,
+                   canaries: GradientCanaries | None = None) -> StepFns:
     """pmapped accumulate/update functions for one model, input spec and optimiser."""
-    loss_fn = make_example_loss(model, spec, variables_extra)
+    loss_fn = make_example_loss(model, spec, variables_extra, canaries)
     accumulate = accumulate_private if private else accumulate_nonprivate
 
     def p_accumulate(params, acc, stats, images, labels, indices, mask, key, clip_norm):

@@ -9,10 +9,10 @@ from dpjax.models import get_model
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
-def test_small_cnn_shapes(shape):
+def test_small_cnn_shapes(shape, init):
     model = get_model("small_cnn", 10)
     x = jax.random.normal(jax.random.key(0), (2,) + shape)
-    variables = model.init(jax.random.key(1), x)
+    variables = init(model, x)
     assert set(variables) == {"params"}
     assert model.apply(variables, x).shape == (2, 10)
     fmap = model.apply(variables, x, return_feature_map=True)
@@ -22,18 +22,18 @@ def test_small_cnn_shapes(shape):
 def test_small_cnn_width_and_activation():
     model = get_model("small_cnn", 3, width=8, activation="relu")
     x = jnp.zeros((1, 8, 8, 1))
-    params = model.init(jax.random.key(0), x)["params"]
+    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
     assert params["conv1"]["kernel"].shape == (3, 3, 8, 8)
     with pytest.raises(ConfigError, match="model.kwargs.activation"):
         get_model("small_cnn", 3, activation="gelu")
 
 
-def test_mlp_shapes_and_depth():
+def test_mlp_shapes_and_depth(init):
     x = jnp.ones((4, 8, 8, 1))
     model = get_model("mlp", 10, width=16, depth=2)
-    variables = model.init(jax.random.key(0), x)
+    variables = init(model, x)
     assert set(variables["params"]) == {"hidden0", "hidden1", "classifier"}
     assert model.apply(variables, x).shape == (4, 10)
     assert model.apply(variables, x, return_feature_map=True).shape == (4, 16)
     logistic = get_model("mlp", 10, depth=0)
-    assert logistic.apply(logistic.init(jax.random.key(0), x), x).shape == (4, 10)
+    assert logistic.apply(init(logistic, x), x).shape == (4, 10)

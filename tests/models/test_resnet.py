@@ -36,14 +36,13 @@ def test_batch_norm_has_as_many_parameters_as_group_norm_plus_statistics():
 def test_imagenet_stem_downsamples_by_32_and_small_stem_by_8():
     x = jnp.zeros((1, 64, 64, 3))
     big = get_model("resnet18", 5)
-    fmap = jax.eval_shape(lambda: big.apply(big.init(jax.random.key(0), x), x,
-                                            return_feature_map=True))
+    fmap = jax.eval_shape(lambda v: big.apply(v, x, return_feature_map=True),
+                          _shapes(big, (64, 64, 3)))
     assert fmap.shape == (1, 2, 2, 512)
     small = get_model("resnet18", 5, small_input=True)
     variables = _shapes(small, (64, 64, 3))
     assert variables["params"]["stem_conv"]["kernel"].shape == (3, 3, 3, 64)
-    fmap = jax.eval_shape(lambda: small.apply(small.init(jax.random.key(0), x), x,
-                                              return_feature_map=True))
+    fmap = jax.eval_shape(lambda v: small.apply(v, x, return_feature_map=True), variables)
     assert fmap.shape == (1, 8, 8, 512)
 
 
@@ -52,15 +51,14 @@ def test_resnet50_feature_map_has_2048_channels_and_no_final_norm():
     x = jnp.zeros((1, 16, 16, 3))
     variables = _shapes(model, (16, 16, 3))
     assert "final_norm" not in variables["params"] and "classifier" in variables["params"]
-    fmap = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x,
-                                              return_feature_map=True))
+    fmap = jax.eval_shape(lambda v: model.apply(v, x, return_feature_map=True), variables)
     assert fmap.shape == (1, 2, 2, 2048)
 
 
-def test_frozen_batch_norm_never_updates_its_statistics():
+def test_frozen_batch_norm_never_updates_its_statistics(init):
     model = get_model("resnet18", 4, norm="batch_frozen", small_input=True, width=8)
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
-    variables = model.init(jax.random.key(1), x)
+    variables = init(model, x)
     logits, state = model.apply(variables, x, mutable=["batch_stats"])
     assert logits.shape == (3, 4)
     for a, b in zip(jax.tree_util.tree_leaves(variables["batch_stats"]),

@@ -57,30 +57,38 @@ INDEPENDENCE = [("mlp", {}), ("small_cnn", {}), ("wrn", dict(depth=10, width=2))
 
 
 @pytest.mark.parametrize("name, kwargs", INDEPENDENCE)
-def test_group_norm_models_treat_each_example_alone(name, kwargs):
+def test_group_norm_models_treat_each_example_alone(name, kwargs, init):
     """vmap over single examples (what per-example gradients do) = the batched call."""
     model = models.get_model(name, 4, **kwargs)
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
-    variables = model.init(jax.random.key(1), x)
-    batched = model.apply(variables, x)
-    one_by_one = jax.vmap(lambda xi: model.apply(variables, xi[None])[0])(x)
+    variables = init(model, x)
+    apply = jax.jit(model.apply)
+    batched = apply(variables, x)
+    one_by_one = jax.jit(jax.vmap(lambda xi: model.apply(variables, xi[None])[0]))(x)
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-5)
-    # A different neighbour leaves an example's logits unchanged.
+    # Different neighbours leave an example's logits unchanged.
     x2 = x.at[1:].set(-x[1:] * 3.0)
-    np.testing.assert_allclose(model.apply(variables, x2)[0], batched[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(apply(variables, x2)[0], batched[0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["group", "batch_frozen"])
-def test_check_dp_compatible_accepts_group_and_frozen_batch_norm(norm):
+def test_check_dp_compatible_accepts_group_and_frozen_batch_norm(norm, init):
     model = models.get_model("resnet18", 3, norm=norm, small_input=True, width=8)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    variables = init(model, jnp.zeros((1, 8, 8, 3)))
     models.check_dp_compatible(model, variables, (8, 8, 3))
     models.check_dp_compatible(model, variables)  # input shape guessed from the stem
 
 
+@pytest.mark.parametrize("name, shape", [("small_cnn", (8, 8, 1)), ("mlp", (8, 8, 1))])
+def test_check_dp_compatible_guesses_the_input_shape_and_ignores_bf16(name, shape, init):
+    model = models.get_model(name, 3, width=8, dtype=jnp.bfloat16)
+    variables = init(model, jnp.zeros((1,) + shape))
+    models.check_dp_compatible(model, variables)
+
+
 def test_check_dp_compatible_refuses_training_mode_batch_norm():
     model = models.get_model("resnet18", 3, norm="batch", small_input=True, width=8)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
     assert "batch_stats" in variables
     with pytest.raises(ConfigError, match=r"norm='batch'.*norm='group'.*batch_frozen"):
         models.check_dp_compatible(model, variables, (8, 8, 3))
@@ -112,9 +120,9 @@ class Centre(nn.Module):
 
 @pytest.mark.parametrize("module, match", [(_HiddenBatchNorm(), "batch_stats"),
                                            (_BatchCentring(), "'centre'")])
-def test_check_dp_compatible_detects_mixing_by_behaviour(module, match):
+def test_check_dp_compatible_detects_mixing_by_behaviour(module, match, init):
     x = jnp.ones((2, 4, 4, 1))
-    variables = module.init(jax.random.key(0), x)
+    variables = init(module, x)
     with pytest.raises(ConfigError, match=match):
         models.check_dp_compatible(module, variables, (4, 4, 1))
 
@@ -123,13 +131,14 @@ def test_check_dp_compatible_detects_mixing_by_behaviour(module, match):
 
 @pytest.mark.parametrize("name, kwargs", [("small_cnn", {}), ("wrn", dict(depth=10, width=1)),
                                           ("resnet18", dict(small_input=True, width=8))])
-def test_bf16_computes_in_bf16_with_float32_params_and_logits(name, kwargs):
+def test_bf16_computes_in_bf16_with_float32_params_and_logits(name, kwargs, init):
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
     fp32 = models.get_model(name, 10, **kwargs)
     bf16 = models.get_model(name, 10, dtype=jnp.bfloat16, **kwargs)
-    variables = bf16.init(jax.random.key(1), x)
+    variables = init(bf16, x)
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
-    logits = bf16.apply(variables, x)
+    logits = jax.jit(bf16.apply)(variables, x)
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
-    assert bf16.apply(variables, x, return_feature_map=True).dtype == jnp.bfloat16
-    np.testing.assert_allclose(logits, fp32.apply(variables, x), rtol=0.1, atol=0.1)
+    fmap = jax.eval_shape(lambda v: bf16.apply(v, x, return_feature_map=True), variables)
+    assert fmap.dtype == jnp.bfloat16
+    np.testing.assert_allclose(logits, jax.jit(fp32.apply)(variables, x), rtol=0.1, atol=0.1)
