@@ -14,7 +14,7 @@ def test_quickstart_accuracy_and_time(tmp_path):
     start = time.time()
     r = subprocess.run(
         [sys.executable, "-m", "dpjax.cli", "train", "--config", "configs/quickstart.py",
-         "--workdir", str(workdir), "--config.progress_bar=False"],
+         "--workdir", str(workdir), "--config.progress_bar=False", "--config.seed=0"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, PYTHONPATH=REPO))
     elapsed = time.time() - start
