@@ -99,6 +99,23 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=50,
     ))
 
+    # Local DP (Singh et al. 2020, done properly): before training, every
+    # stored value of every training image gets independent Laplace noise of
+    # scale β on [0, 1] (ε = 1/β per value, d/β per image). 0 = off.
+    c.ldp = ml_collections.ConfigDict(dict(
+        scale=0.0,
+        seed=0,
+        cache_dir="",            # where the perturbed training set is cached
+    ))
+
+    # Test metrics beyond accuracy (AUROC, balanced accuracy, macro-F1, kappa,
+    # confusion matrix, bootstrap 95 % intervals) for clinical data sets.
+    c.metrics = ml_collections.ConfigDict(dict(
+        clinical=False,
+        ordinal=False,           # quadratic weighted kappa (graded labels)
+        bootstrap_resamples=1000,
+    ))
+
     c.batch_size = 256          # expected logical batch B (Poisson: q = B / N)
     c.micro_batch_size = 256    # rows per device per micro-batch (memory knob)
     c.augmult = 1               # K augmented views per example, one clipped gradient
@@ -292,6 +309,8 @@ def validate(config: ml_collections.ConfigDict, choices: dict | None = None) -> 
     if len(config.dataset.mean) != len(config.dataset.std) or any(
             s <= 0 for s in config.dataset.std):
         raise ConfigError("dataset.mean and dataset.std must have the same length and std > 0.")
+    if config.ldp.scale < 0:
+        raise ConfigError(f"Expected ldp.scale={config.ldp.scale} >= 0 (0 = no local DP).")
     if config.dataset.name in ("npz", "folder", "csv", "kermany") and not config.dataset.path:
         raise ConfigError(f"dataset.path is empty: set it to the {config.dataset.name} data "
                           "(--config.dataset.path=...).")
