@@ -173,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _HANDLERS[args.command](args, overrides)
     except DpjaxError as e:
         print(f"dpjax: error: {e}", file=sys.stderr)
-        return 2
+        # 128 + SIGTERM for a preempted run, so cluster schedulers requeue it.
+        return 143 if type(e).__name__ == "Preempted" else 2
     except KeyboardInterrupt:
         print("dpjax: interrupted", file=sys.stderr)
         return 130

@@ -269,6 +269,10 @@ class _Preempted(Exception):
     pass
 
 
+class Preempted(DpjaxError):
+    """The run was stopped by SIGTERM after saving a checkpoint (exit status 143)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AuditHooks:
     """What `dpjax audit` changes in a run (see dpjax/train/audit.py)."""
@@ -512,8 +516,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         save(int(_unreplicate(state.step)))
         progress.close()
         writer.close()
-        raise DpjaxError(f"Stopped by SIGTERM; checkpoint saved in {workdir}: rerun the same "
-                         "command to resume.") from None
+        raise Preempted(f"Stopped by SIGTERM; checkpoint saved in {workdir}: rerun the same "
+                        "command to resume.") from None
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
