@@ -48,8 +48,9 @@ def _wait_for_checkpoint(workdir, proc, minimum=20, timeout=240):
 def _final_params(workdir):
     ckpt = checkpoint_lib.Checkpointer(str(workdir))
     step = ckpt.latest_step()
-    restored = ckpt._manager.restore(step, args=checkpoint_lib.ocp.args.Composite(
-        state=checkpoint_lib.ocp.args.StandardRestore(), meta=checkpoint_lib.ocp.args.JsonRestore()))
+    args = checkpoint_lib.ocp.args
+    restored = ckpt._manager.restore(step, args=args.Composite(
+        state=args.StandardRestore(), meta=args.JsonRestore()))
     return step, restored["state"], restored["meta"]
 
 
