@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
         families=("stylegan_oriented",),
         resolution=32,              # of the generated images (= private images' size)
         channels=3,                 # 1 makes grey images for grey private data
+        group_size=32,              # StyleGAN images sharing one random network
         loss="align_uniform",       # align_uniform (the paper) | infonce
         temperature=0.2,            # for infonce
         learning_rate=0.12,

@@ -90,7 +90,10 @@ def generate_batch(key, cfg: ml_collections.ConfigDict) -> jax.Array:
     families = tuple(cfg.families)
     sizes = [cfg.batch_size // len(families)] * len(families)
     sizes[0] += cfg.batch_size - sum(sizes)
-    images = [random_processes.generate(k, f, n, cfg.resolution)
+    def options(family, n):
+        return {"group_size": min(cfg.group_size, n)} if family == "stylegan_oriented" else {}
+
+    images = [random_processes.generate(k, f, n, cfg.resolution, **options(f, n))
               for k, f, n in zip(jax.random.split(key, len(families)), families, sizes)]
     images = jnp.concatenate(images)
     if cfg.channels == 1:
