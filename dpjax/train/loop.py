@@ -563,6 +563,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             for i, p in enumerate(ledger.phases)],
         "devices": num_devices,
     }
+    if ldp_info:
+        summary.update(ldp_info)
+    if config.metrics.clinical:
+        summary.update(_clinical_metrics(config, data, final["probs"], predict, state))
     if plan.private and config.privacy.sampling != "poisson":
         summary["warning"] = ("Batches were fixed-size shuffled, not Poisson-sampled: the "
                               "reported epsilon is the Poisson epsilon and does NOT apply.")
@@ -571,10 +575,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.close()
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    if ldp_info:
-        summary.update(ldp_info)
-    if config.metrics.clinical:
-        summary.update(_clinical_metrics(config, data, final["probs"], predict, state))
     if audit:
         summary["audit_params"] = (initial_params, _unreplicate(state.params))
     summary["test_probs"] = final["probs"]

@@ -175,3 +175,31 @@ def test_cli_errors_are_one_line(tmp_path, args, match):
     assert match in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not workdir.exists()
+
+
+def test_local_dp_and_clinical_metrics_in_summary(tmp_path):
+    config = tiny_config(**{"privacy.mode": "none", "ldp.scale": 0.5, "metrics.clinical": True,
+                            "metrics.bootstrap_resamples": 50})
+    data = make_splits(num_classes=2)
+    summary = loop.train_and_evaluate(config, str(tmp_path), data=data)
+    saved = json.load(open(tmp_path / "summary.json"))
+    assert saved["epsilon"] is None and saved["ldp_epsilon_per_pixel"] == pytest.approx(2.0)
+    assert saved["ldp_epsilon_per_image"] == pytest.approx(2.0 * 8 * 8 * 1)
+    for key in ("test_auroc", "test_balanced_accuracy", "test_macro_f1", "test_confusion_matrix",
+                "test_accuracy_ci95", "train_accuracy", "train_metrics_note"):
+        assert key in saved, key
+    assert summary["test_auroc"] is not None
+    # The perturbed training set is cached and only the training split is perturbed.
+    assert os.listdir(tmp_path / "ldp_cache")
+
+
+def test_evaluate_command(tmp_path):
+    r = _cli("train", "--workdir", str(tmp_path), "--config", "configs/quickstart.py:steps=3",
+             "--config.model.name=mlp", "--config.progress_bar=False")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli("evaluate", "--workdir", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["split"] == "test" and out["num_examples"] == 360 and "auroc" in out
+    train = json.loads(_cli("evaluate", "--workdir", str(tmp_path), "--split", "train").stdout)
+    assert train["num_examples"] == 1437 and train["not_covered_by_epsilon"] is True
