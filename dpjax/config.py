@@ -120,7 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 256          # expected logical batch B (Poisson: q = B / N)
     c.micro_batch_size = 256    # rows per device per micro-batch (memory knob)
     c.augmult = 1               # K augmented views per example, one clipped gradient
-    c.num_steps = 100           # private steps (noisy updates)
+    c.num_steps = 100           # private steps (noisy updates)...
+    c.num_epochs = 0.0          # ...or, if > 0, this many passes: steps = epochs · N / B
     c.optimizer = ml_collections.ConfigDict(dict(
         name="sgd",             # sgd | momentum | adam
         learning_rate=1.0,
@@ -296,7 +297,7 @@ def validate(config: ml_collections.ConfigDict, choices: dict | None = None) -> 
     p = config.privacy
     _positive_float("optimizer.learning_rate", config.optimizer.learning_rate)
     if config.phases.head_steps:
-        if config.phases.head_steps >= config.num_steps:
+        if not config.num_epochs and config.phases.head_steps >= config.num_steps:
             raise ConfigError(f"phases.head_steps={config.phases.head_steps} must be below "
                               f"num_steps={config.num_steps} (the phases share the steps).")
         _positive_float("phases.head_learning_rate", config.phases.head_learning_rate)
@@ -331,6 +332,8 @@ def validate(config: ml_collections.ConfigDict, choices: dict | None = None) -> 
 
 def validate_for_data(config: ml_collections.ConfigDict, num_train: int) -> None:
     """Checks that depend on the training-set size N."""
+    if config.num_epochs < 0:
+        raise ConfigError(f"Expected num_epochs={config.num_epochs} >= 0.")
     if config.batch_size > num_train:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the training set "
                           f"({num_train} examples): lower batch_size.")

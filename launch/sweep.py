@@ -119,7 +119,8 @@ def gather(runs: list[dict], metric: str = "test_accuracy") -> list[dict]:
             continue
         cell["values"].append(summary.get(metric))
         cell["eps"].append(summary.get("epsilon"))
-        for extra in ("ldp_epsilon_per_pixel", "ldp_epsilon_per_image", "train_accuracy"):
+        for extra in ("ldp_epsilon_per_pixel", "ldp_epsilon_per_image", "train_accuracy",
+                      "test_auroc", "test_balanced_accuracy"):
             if summary.get(extra) is not None:
                 cell.setdefault(extra, []).append(summary[extra])
     out = []
@@ -181,11 +182,96 @@ def compare(rows: list[dict], methods: Sequence[str]) -> list[str]:
     return verdicts
 
 
+# --- Singh et al. (2020)'s seven columns --------------------------------------
+
+MEDICAL_COLUMNS = (("Original", "mode=original"),
+                   ("LDP β=1", "mode=ldp,beta=1"), ("LDP β=2", "mode=ldp,beta=2"),
+                   ("LDP β=4", "mode=ldp,beta=4"),
+                   ("DP-SGD σ=1", "mode=dpsgd,sigma=1"), ("DP-SGD σ=2", "mode=dpsgd,sigma=2"),
+                   ("DP-SGD σ=4", "mode=dpsgd,sigma=4"))
+
+
+def medical_methods(spec: str) -> list[tuple[str, str]]:
+    """The paper's seven columns as (name, config spec) for a medical config."""
+    path, _, base = spec.partition(":")
+    return [(name, f"{path}:{','.join(a for a in (base, extra) if a)}")
+            for name, extra in MEDICAL_COLUMNS]
+
+
+def _mean(cell, key):
+    values = [v for v in cell.get(key, []) if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def write_paper_table(rows: list[dict], methods: Sequence[str], workdir: str) -> str:
+    """The paper's layout (rows: train/test accuracy; columns: the methods) with ε added."""
+    lines = ["| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+
+    def line(label, fn):
+        lines.append(f"| {label} | " + " | ".join(fn(row["methods"].get(m, {}))
+                                                  for m in methods) + " |")
+
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.2f}"
+
+    for row in rows:
+        if row["point"]:
+            lines.append(f"| **{row['point']}** |" + " |" * len(methods))
+        line("train accuracy (%, not covered by ε)", lambda c: pct(_mean(c, "train_accuracy")))
+        line("test accuracy (%)", lambda c: _fmt(c.get("mean"), c.get("std"),
+                                                  len(c.get("values", []))))
+        line("test AUROC", lambda c: "—" if _mean(c, "test_auroc") is None
+             else f"{_mean(c, 'test_auroc'):.3f}")
+        line("DP-SGD ε (δ = 1e-5, PLD)", lambda c: "—" if c.get("epsilon") is None
+             else f"{c['epsilon']:.2f}")
+        line("LDP ε per pixel", lambda c: "—" if _mean(c, "ldp_epsilon_per_pixel") is None
+             else f"{_mean(c, 'ldp_epsilon_per_pixel'):.2f}")
+        line("LDP ε per image", lambda c: "—" if _mean(c, "ldp_epsilon_per_image") is None
+             else f"{_mean(c, 'ldp_epsilon_per_image'):,.0f}")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(workdir, "paper_table.md"), "w") as f:
+        f.write(table)
+    _plot(rows, methods, os.path.join(workdir, "privacy_utility.png"))
+    return table
+
+
+def _plot(rows, methods, path) -> None:
+    """Test accuracy against ε per example (DP-SGD ε; LDP ε per image), log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows[:1]:
+        for m in methods:
+            c = row["methods"].get(m, {})
+            acc = c.get("mean")
+            if acc is None:
+                continue
+            eps = c.get("epsilon") if c.get("epsilon") is not None else _mean(
+                c, "ldp_epsilon_per_image")
+            if eps is None:
+                ax.axhline(100 * acc, linestyle="--", color="gray", label=f"{m} (no privacy)")
+            else:
+                marker = "o" if m.startswith("DP-SGD") else "s"
+                ax.scatter([eps], [100 * acc], marker=marker, label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("ε per example (DP-SGD; LDP: per image = d / β)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--method", action="append", required=True,
+    parser.add_argument("--method", action="append", default=[],
                         help="NAME=configs/X.py[:k=v,...] (repeatable)")
+    parser.add_argument("--medical", default="",
+                        help="configs/medical_*.py[:k=v]: Singh et al.'s seven columns")
     parser.add_argument("--arg", action="append", default=[],
                         help="config argument grid KEY=V1,V2 (repeatable)")
     parser.add_argument("--override", action="append", default=[],
@@ -195,6 +281,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dry_run", action="store_true", help="print the runs and stop")
     args, extra = parser.parse_known_args(argv)
     methods = [_parse_method(m) for m in args.method]
+    if args.medical:
+        methods += medical_methods(args.medical)
+    if not methods:
+        parser.error("give --method or --medical")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     runs = plan_runs(methods, _parse_grid(args.arg), _parse_grid(args.override), seeds,
                      args.workdir)
@@ -209,6 +299,8 @@ def main(argv=None) -> int:
     names = [n for n, _ in methods]
     rows = gather(runs, args.metric)
     print(write_tables(rows, names, args.workdir))
+    if args.medical:
+        print(write_paper_table(rows, names, args.workdir))
     for line in compare(rows, names):
         print(line)
     if failed:

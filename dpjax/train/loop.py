@@ -107,17 +107,27 @@ class PrivacyPlan:
              for p in self.phases], self.delta, self.accountant)
 
 
+def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+    """num_steps, or num_epochs · N / B rounded up when num_epochs > 0."""
+    if config.num_epochs > 0:
+        return max(1, math.ceil(config.num_epochs * num_train / config.batch_size))
+    return config.num_steps
+
+
 def plan_privacy(config: ml_collections.ConfigDict, num_train: int) -> PrivacyPlan:
     """Decides the phases and their σ: configured, or calibrated to privacy.target_epsilon."""
     p = config.privacy
     q = config.batch_size / num_train
     head = config.phases.head_steps
     lr = config.optimizer.learning_rate
+    num_steps = total_steps(config, num_train)
+    if head >= num_steps:
+        raise ConfigError(f"phases.head_steps={head} must be below the {num_steps} steps.")
     if head:
         shapes = [("phase2_linear_probe", head, config.phases.head_learning_rate, "head"),
-                  ("phase3_finetune", config.num_steps - head, lr, "all")]
+                  ("phase3_finetune", num_steps - head, lr, "all")]
     else:
-        shapes = [("dpsgd", config.num_steps, lr, "all")]
+        shapes = [("dpsgd", num_steps, lr, "all")]
 
     def with_sigma(main: float, head_sigma: float) -> tuple[PhaseSpec, ...]:
         return tuple(PhaseSpec(n, k, head_sigma if t == "head" else main, l, t)
@@ -133,11 +143,11 @@ def plan_privacy(config: ml_collections.ConfigDict, num_train: int) -> PrivacyPl
     if head and head_sigma > 0:
         fixed = [accounting.Phase(head, head_sigma, q)]
         sigma = accounting.calibrate_noise_multiplier(
-            p.target_epsilon, p.delta, q, config.num_steps - head, p.accountant, fixed)
+            p.target_epsilon, p.delta, q, num_steps - head, p.accountant, fixed)
         phases = with_sigma(sigma, head_sigma)
     else:
         sigma = accounting.calibrate_noise_multiplier(
-            p.target_epsilon, p.delta, q, config.num_steps, p.accountant)
+            p.target_epsilon, p.delta, q, num_steps, p.accountant)
         phases = with_sigma(sigma, sigma)
     return PrivacyPlan(True, phases, q, p.delta, p.accountant, p.clip_norm, True)
 

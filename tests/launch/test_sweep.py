@@ -39,3 +39,25 @@ def test_gather_tables_and_compare(tmp_path):
     verdicts = sweep.compare(rows, ["a", "b"])
     assert len(verdicts) == 1 and "b wins" in verdicts[0]
     assert sweep.run_local(runs[0], []) == 0  # finished runs are skipped
+
+
+def test_medical_seven_columns_table_and_plot(tmp_path):
+    methods = sweep.medical_methods("configs/medical_pneumonia.py:cpu=True")
+    assert [m for m, _ in methods][0] == "Original" and len(methods) == 7
+    assert methods[1][1] == "configs/medical_pneumonia.py:cpu=True,mode=ldp,beta=1"
+    runs = sweep.plan_runs(methods, [], [], [], str(tmp_path))
+    for i, run in enumerate(runs):
+        os.makedirs(run["workdir"])
+        summary = {"test_accuracy": 0.9 - 0.01 * i, "train_accuracy": 0.95, "test_auroc": 0.9,
+                   "epsilon": None}
+        if "ldp" in run["config"]:
+            beta = float(run["config"].split("beta=")[1])
+            summary.update(ldp_epsilon_per_pixel=1 / beta, ldp_epsilon_per_image=784 / beta)
+        if "dpsgd" in run["config"]:
+            summary["epsilon"] = 2.0 / i
+        with open(os.path.join(run["workdir"], "summary.json"), "w") as f:
+            json.dump(summary, f)
+    rows = sweep.gather(runs)
+    table = sweep.write_paper_table(rows, [m for m, _ in methods], str(tmp_path))
+    assert "LDP ε per image" in table and "784" in table and "test accuracy" in table
+    assert (tmp_path / "privacy_utility.png").stat().st_size > 1000

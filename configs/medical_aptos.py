@@ -1,0 +1,30 @@
+"""APTOS 2019 diabetic retinopathy (5 grades), Singh et al. (2020)'s benchmark, done honestly.
+
+    python launch/sweep.py --workdir runs/aptos --medical configs/medical_aptos.py:path=aptos.zip
+    dpjax train --workdir runs/aptos_dp \
+        --config configs/medical_aptos.py:path=aptos.zip,mode=dpsgd,sigma=2
+    # CPU variant on RetinaMNIST (5-grade fundus images, 28 px):
+    dpjax train --workdir runs/retina_cpu \
+        --config configs/medical_aptos.py:cpu=True,data=npz,path=retinamnist.npz
+
+`train.csv` (id_code, diagnosis) with `train_images/*.png`, a seeded
+stratified 80/20 split; the same modes and settings as
+`medical_pneumonia.py` (224 px, batch 128, 50 epochs, SGD lr 0.01, wd 1e-3),
+and quadratic weighted kappa among the metrics. APTOS has no patient ids:
+privacy here is per image only.
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "medical_pneumonia", os.path.join(os.path.dirname(__file__), "medical_pneumonia.py"))
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
+
+
+def get_config(arg=None):
+    c = _base.medical_config(arg, name="aptos", data_name="csv", ordinal=True)
+    c.dataset.mean = (0.5, 0.5, 0.5)
+    c.dataset.std = (0.25, 0.25, 0.25)
+    return c
