@@ -1,0 +1,66 @@
+"""Every config file loads, validates, and accounts; the medical CPU variant runs."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from dpjax import config as config_lib
+from dpjax.errors import ConfigError
+from dpjax.train import loop
+from tests.helpers import REPO
+
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+VARIANTS = {
+    "cifar10_wrn16_4.py": ["eps=1", "eps=2", "eps=4", "eps=8", "runlocal=True"],
+    "cifar100_wrn16_4.py": ["eps=8"],
+    "dprandp_cifar10.py": ["eps=1", "eps=8,augmult=4", "runlocal=True"],
+    "dprandp_cifar100.py": ["eps=2"],
+    "dprandp_medmnist.py": ["path=x.npz", "path=x.npz,runlocal=True"],
+    "dprandp_quickstart.py": ["eps=1"],
+    "medical_pneumonia.py": ["path=x", "path=x,mode=ldp,beta=2", "path=x,mode=dpsgd,sigma=1",
+                             "path=x,mode=dpsgd,eps=2,cpu=True"],
+    "medical_aptos.py": ["path=x,mode=dpsgd,sigma=4"],
+    "quickstart.py": ["eps=1", "eps=8,steps=400"],
+}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_loads_and_validates(path):
+    for arg in [None] + VARIANTS.get(os.path.basename(path), []):
+        spec = path if arg is None else f"{path}:{arg}"
+        if arg is None and os.path.basename(path).startswith(("medical", "dprandp_med")):
+            with pytest.raises(ConfigError):  # dataset.path is required
+                config_lib.validate(config_lib.load_config(spec))
+            continue
+        config = config_lib.load_config(spec)
+        config_lib.validate(config)
+
+
+def test_recipe_values():
+    c = config_lib.load_config(os.path.join(REPO, "configs", "cifar10_wrn16_4.py:eps=1"))
+    assert (c.batch_size, c.num_steps, c.augmult, c.optimizer.learning_rate, c.ema_decay) == (
+        4096, 875, 16, 2.0, 0.999)
+    plan = loop.plan_privacy(c, 50_000)
+    assert plan.noise_multiplier == pytest.approx(9.128, rel=5e-3)  # design.md, PLD
+    r = config_lib.load_config(os.path.join(REPO, "configs", "dprandp_cifar10.py:eps=1"))
+    assert (r.phases.head_steps, r.phases.head_learning_rate, r.optimizer.learning_rate) == (
+        96, 15.0, 0.4)
+    assert r.pretrain.steps == 200 * 105_000 // 256 and r.ema_warmup
+
+
+def test_medical_cpu_variant_runs_on_a_medmnist_file(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 160), ("val", 20), ("test", 40)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1))
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    spec = (f"{REPO}/configs/medical_pneumonia.py:cpu=True,data=npz,mode=dpsgd,sigma=1,"
+            f"epochs=1,path={tmp_path}/pneumoniamnist.npz")
+    config = config_lib.load_config(spec, ["privacy.delta=1e-3", "progress_bar=False",
+                                           "metrics.bootstrap_resamples=20"])
+    summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["steps"] == 2 and summary["epsilon"] > 0
+    assert summary["test_auroc"] is not None and summary["model"] == "resnet18"
