@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", required=True, help="output directory (resumed if present)")
     train.add_argument("--max_steps_this_run", type=int, default=0,
                        help="checkpoint and stop after this many steps (rerun to resume)")
+    train.add_argument("--coordinator_address", default=None,
+                       help="multi-host: HOST:PORT of process 0 (else env / SLURM / TPU)")
+    train.add_argument("--num_processes", type=int, default=None)
+    train.add_argument("--process_id", type=int, default=None)
 
     account = sub.add_parser("account", help="print σ and ε for a config without training")
     account.add_argument("--config", required=True)
@@ -85,9 +89,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args, overrides) -> int:
     from dpjax import config as config_lib
-    from dpjax.train import loop
+    from dpjax import distributed
 
     config = config_lib.load_config(args.config, overrides)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    from dpjax.train import loop
+
     summary = loop.train_and_evaluate(config, args.workdir,
                                       max_steps_this_run=args.max_steps_this_run)
     if not summary["finished"]:

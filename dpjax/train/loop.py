@@ -211,7 +211,13 @@ def _replicate(tree):
 
 
 def _unreplicate(tree):
-    return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), tree)
+    """This host's first copy of a replicated (pmapped) pytree, as numpy."""
+    def first(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_shards[0].data)[0]
+        return np.asarray(x[0])
+
+    return jax.tree_util.tree_map(first, tree)
 
 
 def _fingerprint(config_dict: dict) -> dict:
@@ -403,10 +409,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         seed, seed_source = _draw_seed(config)
         wall_time_before = 0.0
         start_step = 0
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config_dict, f, indent=2)
-        with open(os.path.join(workdir, "environment.json"), "w") as f:
-            json.dump(_environment(), f, indent=2)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump(config_dict, f, indent=2)
+            with open(os.path.join(workdir, "environment.json"), "w") as f:
+                json.dump(_environment(), f, indent=2)
     overlap = count_overlap(data.train.images, data.test.images)
     if overlap:
         log.warning("%d test images are identical to training images: test accuracy is "
@@ -415,7 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     sampler_cls = PoissonSampler if config.privacy.sampling == "poisson" else ShuffleSampler
     sampler = sampler_cls(num_train, config.batch_size, micro_global, seed % (2**63))
     master_key = _master_key(seed)
-    writer = writers.MetricWriter(workdir)
+    writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
 
     # Device-resident data, replicated on every local device.
     train_images = _replicate(data.train.images)
@@ -583,8 +590,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write(final_step, {"test_accuracy": final["accuracy"],
                               "test_accuracy_raw": final["accuracy_raw"], "epsilon": eps})
     writer.close()
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     if audit:
         summary["audit_params"] = (initial_params, _unreplicate(state.params))
     summary["test_probs"] = final["probs"]

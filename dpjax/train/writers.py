@@ -15,15 +15,19 @@ NOT_COVERED_BY_EPSILON = ("train_loss", "train_accuracy", "clipped_fraction",
 class MetricWriter:
     """Appends `{"step": s, ...}` records to metrics.jsonl and TensorBoard."""
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    def __init__(self, workdir: str, tensorboard: bool = True, enabled: bool = True):
+        """`enabled=False` (non-primary hosts of a cluster) writes nothing."""
+        self._enabled = enabled
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
         self._tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
+        if not self._enabled:
+            return
         record = {"step": step, **metrics}
         private = [k for k in metrics if k in NOT_COVERED_BY_EPSILON]
         if private:
@@ -37,6 +41,7 @@ class MetricWriter:
             self._tb.flush()
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
