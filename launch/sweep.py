@@ -95,6 +95,17 @@ def run_local(run: dict, extra: Sequence[str]) -> int:
     return subprocess.call(cmd)
 
 
+def submit_slurm(run: dict, extra: Sequence[str], sbatch_args: Sequence[str]) -> int:
+    """Submits one run as a SLURM job through launch/slurm.sbatch (does not wait)."""
+    if os.path.isfile(os.path.join(run["workdir"], "summary.json")):
+        return 0
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slurm.sbatch")
+    cmd = ["sbatch", *sbatch_args, script, run["config"], run["workdir"], *run["overrides"],
+           *extra]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
 def _mean_std(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -279,6 +290,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="", help="comma-separated seeds")
     parser.add_argument("--metric", default="test_accuracy")
     parser.add_argument("--dry_run", action="store_true", help="print the runs and stop")
+    parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
+                        help="local: run here one after another; slurm: sbatch each run")
+    parser.add_argument("--sbatch_args", default="",
+                        help="extra sbatch arguments, e.g. '--nodes=2 --gpus-per-node=8'")
+    parser.add_argument("--gather_only", action="store_true",
+                        help="only gather finished runs' summaries into the tables")
     args, extra = parser.parse_known_args(argv)
     methods = [_parse_method(m) for m in args.method]
     if args.medical:
@@ -295,7 +312,14 @@ def main(argv=None) -> int:
         for run in runs:
             print(run["workdir"], run["config"], " ".join(run["overrides"]))
         return 0
-    failed = [r for r in runs if run_local(r, extra) != 0]
+    if args.gather_only:
+        failed = []
+    elif args.launcher == "slurm":
+        failed = [r for r in runs if submit_slurm(r, extra, args.sbatch_args.split()) != 0]
+        print("submitted; when the jobs are done, rerun with --gather_only for the tables")
+        return 1 if failed else 0
+    else:
+        failed = [r for r in runs if run_local(r, extra) != 0]
     names = [n for n, _ in methods]
     rows = gather(runs, args.metric)
     print(write_tables(rows, names, args.workdir))

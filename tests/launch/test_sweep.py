@@ -61,3 +61,17 @@ def test_medical_seven_columns_table_and_plot(tmp_path):
     table = sweep.write_paper_table(rows, [m for m, _ in methods], str(tmp_path))
     assert "LDP ε per image" in table and "784" in table and "test accuracy" in table
     assert (tmp_path / "privacy_utility.png").stat().st_size > 1000
+
+
+def test_slurm_launcher_submits_each_run(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/submitted\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    code = sweep.main(["--workdir", str(tmp_path / "w"), "--method", "a=configs/quickstart.py",
+                       "--arg", "eps=1,2", "--launcher", "slurm", "--sbatch_args", "--nodes=2"])
+    assert code == 0
+    lines = (tmp_path / "submitted").read_text().splitlines()
+    assert len(lines) == 2 and all(line.startswith("--nodes=2 ") for line in lines)
+    assert "slurm.sbatch configs/quickstart.py:eps=1" in lines[0]
