@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
                         help="local: run here one after another; slurm: sbatch each run")
     parser.add_argument("--sbatch_args", default="",
-                        help="extra sbatch arguments, e.g. '--nodes=2 --gpus-per-node=8'")
+                        help="extra sbatch arguments: --sbatch_args='--nodes=2 --gpus-per-node=8'")
     parser.add_argument("--gather_only", action="store_true",
                         help="only gather finished runs' summaries into the tables")
     args, extra = parser.parse_known_args(argv)

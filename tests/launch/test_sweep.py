@@ -70,7 +70,7 @@ def test_slurm_launcher_submits_each_run(tmp_path, monkeypatch):
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     code = sweep.main(["--workdir", str(tmp_path / "w"), "--method", "a=configs/quickstart.py",
-                       "--arg", "eps=1,2", "--launcher", "slurm", "--sbatch_args", "--nodes=2"])
+                       "--arg", "eps=1,2", "--launcher", "slurm", "--sbatch_args=--nodes=2"])
     assert code == 0
     lines = (tmp_path / "submitted").read_text().splitlines()
     assert len(lines) == 2 and all(line.startswith("--nodes=2 ") for line in lines)
