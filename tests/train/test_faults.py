@@ -54,10 +54,17 @@ def _final_params(workdir):
     return step, restored["state"], restored["meta"]
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run, shared by the kill tests."""
+    workdir = tmp_path_factory.mktemp("reference")
+    run = _train(workdir)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return workdir
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
-    reference = _train(tmp_path / "ref")
-    assert reference.returncode == 0, reference.stderr[-2000:]
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sig, reference):
     proc = _train(tmp_path / "killed", wait=False)
     _wait_for_checkpoint(tmp_path / "killed", proc)
     proc.send_signal(sig)
@@ -66,12 +73,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
         assert proc.returncode == 143 and "SIGTERM" in proc.stderr.read()
     resumed = _train(tmp_path / "killed")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    step_a, state_a, meta_a = _final_params(tmp_path / "ref")
+    step_a, state_a, meta_a = _final_params(reference)
     step_b, state_b, meta_b = _final_params(tmp_path / "killed")
     assert step_a == step_b == 60 and meta_a["ledger"] == meta_b["ledger"]
     for k in state_a:
         np.testing.assert_array_equal(state_a[k], state_b[k])
-    sa = json.load(open(tmp_path / "ref" / "summary.json"))
+    sa = json.load(open(reference / "summary.json"))
     sb = json.load(open(tmp_path / "killed" / "summary.json"))
     assert sa["epsilon"] == sb["epsilon"] and sa["test_accuracy"] == sb["test_accuracy"]
 
