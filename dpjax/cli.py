@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="negative control: train without noise or clipping")
     audit.add_argument("--seed", type=int, default=0)
 
+    ldp_grid = sub.add_parser("ldp_grid", help="PNG: training images at the original and "
+                              "at local-DP noise scales (Singh et al. Figure 2)")
+    ldp_grid.add_argument("--config", required=True)
+    ldp_grid.add_argument("--out", required=True)
+    ldp_grid.add_argument("--scales", default="1,2,4", help="Laplace scales β on [0, 1]")
+    ldp_grid.add_argument("--num_images", type=int, default=4)
+
     generate = sub.add_parser("generate", help="write a grid of random-process samples")
     generate.add_argument("--config", required=True)
     generate.add_argument("--out", required=True, help="PNG path")
@@ -148,6 +155,24 @@ def _cmd_audit(args, overrides) -> int:
     return 0
 
 
+def _cmd_ldp_grid(args, overrides) -> int:
+    from dpjax import config as config_lib
+    from dpjax.data import sources
+    from dpjax.privacy import ldp
+
+    config = config_lib.load_config(args.config, overrides)
+    data = sources.load(config.dataset)
+    scales = [float(s) for s in args.scales.split(",")]
+    grid = ldp.comparison_grid(data.train.images[: args.num_images], scales, config.ldp.seed)
+    ldp.save_png(args.out, grid)
+    for beta in scales:
+        report = ldp.ldp_report(ldp.LaplaceMechanism(beta), data.train.images.shape[1:])
+        print(f"β = {beta:g}: ε per pixel {report['ldp_epsilon_per_pixel']:g}, per image "
+              f"{report['ldp_epsilon_per_image']:g}")
+    print(f"{args.out}: columns original, " + ", ".join(f"β={b:g}" for b in scales))
+    return 0
+
+
 def _cmd_generate(args, overrides) -> int:
     import jax
 
@@ -166,7 +191,8 @@ def _cmd_generate(args, overrides) -> int:
 
 
 _HANDLERS = {"train": _cmd_train, "account": _cmd_account, "evaluate": _cmd_evaluate,
-             "pretrain": _cmd_pretrain, "generate": _cmd_generate, "audit": _cmd_audit}
+             "pretrain": _cmd_pretrain, "generate": _cmd_generate, "audit": _cmd_audit,
+             "ldp_grid": _cmd_ldp_grid}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,7 +50,20 @@ def is_prior(directory: str) -> bool:
 
 
 def load_prior(directory: str) -> tuple[dict, dict]:
-    """({path: array}, info) of a prior directory."""
+    """({path: array}, info) of a prior directory, or of a user's checkpoint file.
+
+    A checkpoint file is an `.npz` whose keys are parameter paths such as
+    `stage0_block0/conv1/kernel` (as `flax.traverse_util.flatten_dict(params,
+    sep="/")` names them), e.g. converted from public pre-trained weights.
+    """
+    if os.path.isfile(directory) and directory.endswith(".npz"):
+        try:
+            with np.load(directory, allow_pickle=False) as z:
+                flat = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise DpjaxError(f"model.init_from={directory!r} is not a readable .npz of "
+                             f"parameters ({type(e).__name__}: {e}).") from None
+        return flat, {"model": None, "source": "checkpoint file", "pretrained_file": directory}
     if not is_prior(directory):
         raise DpjaxError(f"model.init_from={directory!r} is not a prior directory (expected "
                          f"{PARAMS_FILE} and {INFO_FILE}; run Phase I first).")
@@ -85,6 +98,7 @@ def load_into(directory: str, params: PyTree) -> tuple[PyTree, dict]:
     if not loaded:
         raise DpjaxError(f"Prior {directory} (model {info.get('model')!r}) shares no parameter "
                          "with this model: set model.name to the prior's model.")
-    summary = dict(info, name="phase1_prior", steps=0, epsilon=0.0, tensors_loaded=loaded,
+    name = "pretrained_checkpoint" if info.get("pretrained_file") else "phase1_prior"
+    summary = dict(info, name=name, steps=0, epsilon=0.0, tensors_loaded=loaded,
                    tensors_fresh=len(flat) - loaded, path=os.path.abspath(directory))
     return flax.traverse_util.unflatten_dict(flat, sep="/"), summary

@@ -203,3 +203,10 @@ def test_evaluate_command(tmp_path):
     assert out["split"] == "test" and out["num_examples"] == 360 and "auroc" in out
     train = json.loads(_cli("evaluate", "--workdir", str(tmp_path), "--split", "train").stdout)
     assert train["num_examples"] == 1437 and train["not_covered_by_epsilon"] is True
+
+
+def test_ldp_grid_command(tmp_path):
+    out = tmp_path / "grid.png"
+    r = _cli("ldp_grid", "--config", "configs/quickstart.py", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.stat().st_size > 100 and "per image 64" in r.stdout
