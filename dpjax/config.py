@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
         sampling="poisson",        # poisson | shuffle (shuffle: ε does NOT apply)
         accountant="pld",          # pld | rdp
         clipping="vmap",           # per-example gradient method
+        unit="example",            # example | patient (data with patient ids, e.g. Kermany)
     ))
 
     # Private training in phases (DP-RandP, Tang et al. 2023): the first
@@ -259,6 +260,7 @@ _CHOICES = {
     "privacy.sampling": ("poisson", "shuffle"),
     "privacy.accountant": ("pld", "rdp"),
     "privacy.clipping": ("vmap",),
+    "privacy.unit": ("example", "patient"),
     "pretrain.loss": ("align_uniform", "infonce"),
     "optimizer.name": ("sgd", "momentum", "adam"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),

@@ -15,6 +15,7 @@ Where each privacy decision is made:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -176,7 +177,34 @@ def account(config: ml_collections.ConfigDict, data: sources.DataSplits | None =
 
 # --- small helpers -----------------------------------------------------------
 
-def build_model(config: ml_collections.ConfigDict, data: sources.DataSplits):
+def privacy_units(config: ml_collections.ConfigDict, data: sources.DataSplits):
+    """For privacy.unit=patient: (P, K) image indices of each patient, −1 padded.
+
+    The sampler then samples patients, and each patient's summed gradient is
+    clipped once: ε is per patient. None for per-example privacy.
+    """
+    if config.privacy.unit == "example":
+        return None
+    ids = data.info.get("train_patient_ids")
+    if ids is None:
+        raise ConfigError(f"privacy.unit=patient needs patient ids, and {data.name} has none "
+                          "(the Kermany chest X-ray loader provides them): use "
+                          "privacy.unit=example, which protects single images only.")
+    ids = np.asarray(ids, np.int64)
+    if ids.shape != (len(data.train),):
+        raise ConfigError(f"{data.name}: {ids.shape[0]} patient ids for {len(data.train)} "
+                          "training images.")
+    counts = np.bincount(ids)
+    table = -np.ones((len(counts), int(counts.max())), np.int32)
+    fill = np.zeros(len(counts), np.int64)
+    for image, patient in enumerate(ids):
+        table[patient, fill[patient]] = image
+        fill[patient] += 1
+    return table[counts > 0]
+
+
+def build_model(config: ml_collections.ConfigDict, data: sources.DataSplits,
+                unit_size: int = 0):
     """(model, initial variables, input spec) for a config and its data."""
     model = models.get_model(config.model.name, data.num_classes,
                              dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
@@ -184,7 +212,7 @@ def build_model(config: ml_collections.ConfigDict, data: sources.DataSplits):
     variables = model.init(jax.random.key(0), sample)
     spec = step_lib.InputSpec(mean=tuple(config.dataset.mean), std=tuple(config.dataset.std),
                               crop_padding=config.augment.crop_padding, flip=config.augment.flip,
-                              augmult=config.augmult)
+                              augmult=config.augmult, unit_size=unit_size)
     return model, variables, spec
 
 
@@ -328,7 +356,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config_lib.validate(config)
     if data is None:
         data = sources.load(config.dataset)
-    num_train = len(data.train)
+    units = privacy_units(config, data)
+    num_train = len(units) if units is not None else len(data.train)
     config_lib.validate_for_data(config, num_train)
     channels = data.train.images.shape[-1]
     if len(config.dataset.mean) not in (1, channels):
@@ -352,7 +381,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     micro_global = config.micro_batch_size * num_devices
 
     # Model and optimiser (one per phase: the trainable set and lr change).
-    model, variables, spec = build_model(config, data)
+    model, variables, spec = build_model(
+        config, data, unit_size=units.shape[1] if units is not None else 0)
     if plan.private:
         models.check_dp_compatible(model, variables, data.train.images.shape[1:])
     extra = {k: v for k, v in variables.items() if k != "params"}
@@ -427,7 +457,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # Device-resident data, replicated on every local device.
     train_images = _replicate(data.train.images)
     train_labels = _replicate(data.train.labels.astype(np.int32))
-    gather = jax.pmap(lambda x, y, i: (x[i], y[i]))
+    if units is None:
+        gather = jax.pmap(lambda x, y, i: (x[i], y[i]))
+    else:  # a privacy unit's images; padded slots get label −1
+        unit_table = _replicate(units)
+        gather = jax.pmap(lambda x, y, i, t: (x[t[i]], jnp.where(t[i] >= 0, y[t[i]], -1)))
+        gather = functools.partial(lambda g, t, x, y, i: g(x, y, i, t), gather, unit_table)
     state = _replicate(state)
 
     local = jax.local_device_count()
@@ -565,7 +600,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         "clip_norm": plan.clip_norm if plan.private else None,
         "augmult": config.augmult,
         "neighbouring": "add_remove",
-        "privacy_unit": "example",
+        "privacy_unit": config.privacy.unit,
+        "num_privacy_units": num_train,
         "dataset": data.name,
         "num_train": num_train,
         "num_test": len(data.test),

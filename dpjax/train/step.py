@@ -86,6 +86,9 @@ class InputSpec:
     crop_padding: int = flax.struct.field(pytree_node=False, default=0)
     flip: bool = flax.struct.field(pytree_node=False, default=False)
     augmult: int = flax.struct.field(pytree_node=False, default=1)
+    # > 0: each "example" is a privacy unit (a patient) of up to this many
+    # images; padded slots have label −1.
+    unit_size: int = flax.struct.field(pytree_node=False, default=0)
 
 
 def prepare_eval(images: jax.Array, spec: InputSpec) -> jax.Array:
@@ -155,6 +158,21 @@ def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree
         correct = (jnp.argmax(logits, -1) == labels).mean()
         return loss, (loss, correct)
 
+    if spec.unit_size:
+        def unit_loss_fn(trainable, frozen, example):
+            """A patient's loss: the sum of its images' losses, so that its gradient
+            (clipped once) is the patient's summed gradient."""
+            images, labels, key = example
+            valid = labels >= 0
+            keys = jax.random.split(key, images.shape[0])
+            losses, (_, correct) = jax.vmap(
+                lambda im, lb, k: loss_fn(trainable, frozen, (im, lb, k)))(
+                    images, jnp.maximum(labels, 0), keys)
+            total = jnp.sum(jnp.where(valid, losses, 0.0))
+            count = jnp.maximum(jnp.sum(valid), 1)
+            return total, (total / count, jnp.sum(jnp.where(valid, correct, 0.0)) / count)
+
+        return unit_loss_fn
     return loss_fn
 
 
