@@ -209,7 +209,9 @@ def build_model(config: ml_collections.ConfigDict, data: sources.DataSplits,
     model = models.get_model(config.model.name, data.num_classes,
                              dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
     sample = np.zeros((1,) + data.train.images.shape[1:], np.float32)
-    variables = model.init(jax.random.key(0), sample)
+    # The "rbg" generator compiles the initialisers several times faster than the
+    # default on CPU; initial values are public (no privacy role).
+    variables = model.init(jax.random.key(0, impl="rbg"), sample)
     spec = step_lib.InputSpec(mean=tuple(config.dataset.mean), std=tuple(config.dataset.std),
                               crop_padding=config.augment.crop_padding, flip=config.augment.flip,
                               augmult=config.augmult, unit_size=unit_size)
