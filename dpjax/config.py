@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
         split_seed=0,
         on_bad_image="error",   # error | skip (skipped files are counted)
         cache_dir="",           # where decoded arrays are cached ("" = no cache)
+        streaming=False,        # folder data too large for memory: decode batches on demand
+        test_split="test",      # the evaluation folder's name (ImageNet: "val")
+        num_workers=0,          # decoding threads per host (0 = one per core, at most 8)
         mean=(0.5,),            # per-channel normalisation, public constants
         std=(0.5,),
     ))

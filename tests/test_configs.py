@@ -23,6 +23,7 @@ VARIANTS = {
                              "path=x,mode=dpsgd,eps=2,cpu=True"],
     "medical_aptos.py": ["path=x,mode=dpsgd,sigma=4"],
     "quickstart.py": ["eps=1", "eps=8,steps=400"],
+    "imagenet_resnet50.py": ["path=x", "path=x,eps=4,steps=100", "path=x,runlocal=True"],
 }
 
 
@@ -30,7 +31,8 @@ VARIANTS = {
 def test_config_loads_and_validates(path):
     for arg in [None] + VARIANTS.get(os.path.basename(path), []):
         spec = path if arg is None else f"{path}:{arg}"
-        if arg is None and os.path.basename(path).startswith(("medical", "dprandp_med")):
+        if arg is None and os.path.basename(path).startswith(("medical", "dprandp_med",
+                                                              "imagenet")):
             with pytest.raises(ConfigError):  # dataset.path is required
                 config_lib.validate(config_lib.load_config(spec))
             continue

@@ -678,6 +678,20 @@ def load(dataset_config) -> DataSplits:
     get = dataset_config.get
     name = get("name", "digits")
     image_size = _check_image_size(get("image_size", None))
+    if name == "folder" and get("streaming", False):
+        from dpjax.data import streaming
+
+        path = get("path", "")
+        if not path or not os.path.exists(os.path.expanduser(path)):
+            raise DataError(f"dataset.path={path!r} does not exist: point it at an image "
+                            "folder or zip with train/ and test/ folders.")
+        workers = get("num_workers", 0)
+        train = streaming.StreamingImageFolder(path, "train", image_size or 0, workers)
+        test = streaming.StreamingImageFolder(path, get("test_split", "test"), image_size or 0,
+                                              workers, class_names=train.class_names)
+        return DataSplits(train, test, len(train.class_names), train.class_names,
+                          os.path.splitext(os.path.basename(path.rstrip("/")))[0],
+                          {"source": path, "streaming": True})
     if name == "digits":
         splits = load_digits(get("test_fraction", 0.2), get("split_seed", 0))
     elif name == "tfds":

@@ -34,6 +34,7 @@ import numpy as np
 from dpjax import config as config_lib
 from dpjax import models
 from dpjax.data import sources
+from dpjax.data import streaming as streaming_lib
 from dpjax.errors import ConfigError, DpjaxError
 from dpjax.privacy import accounting
 from dpjax.privacy.sampling import PoissonSampler, PrivacyLedger, ShuffleSampler
@@ -177,6 +178,18 @@ def account(config: ml_collections.ConfigDict, data: sources.DataSplits | None =
 
 # --- small helpers -----------------------------------------------------------
 
+def image_shape(ds) -> tuple:
+    """(H, W, C) of a split held in memory or streamed from files."""
+    return tuple(ds.image_shape) if hasattr(ds, "fetch") else tuple(ds.images.shape[1:])
+
+
+def images_of(ds, start: int, stop: int) -> np.ndarray:
+    """Images start..stop of a split, from memory or decoded from files."""
+    if hasattr(ds, "fetch"):
+        return ds.fetch(range(start, min(stop, len(ds))))
+    return ds.images[start:stop]
+
+
 def privacy_units(config: ml_collections.ConfigDict, data: sources.DataSplits):
     """For privacy.unit=patient: (P, K) image indices of each patient, −1 padded.
 
@@ -208,7 +221,7 @@ def build_model(config: ml_collections.ConfigDict, data: sources.DataSplits,
     """(model, initial variables, input spec) for a config and its data."""
     model = models.get_model(config.model.name, data.num_classes,
                              dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
-    sample = np.zeros((1,) + data.train.images.shape[1:], np.float32)
+    sample = np.zeros((1,) + image_shape(data.train), np.float32)
     # The "rbg" generator compiles the initialisers several times faster than the
     # default on CPU; initial values are public (no privacy role).
     variables = model.init(jax.random.key(0, impl="rbg"), sample)
@@ -298,9 +311,10 @@ def evaluate_arrays(predict, params, images: np.ndarray, labels: np.ndarray,
                     batch_size: int) -> dict:
     """Accuracy and class probabilities of `params` on (images, labels)."""
     probs = []
-    n = len(images)
+    n = len(labels)
     for start in range(0, n, batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images_of(images, start, start + batch_size) if hasattr(images, "fetch") \
+            else images[start:start + batch_size]
         pad = batch_size - len(chunk) if n > batch_size else 0
         if pad:  # keep one compiled shape
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
@@ -361,12 +375,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     units = privacy_units(config, data)
     num_train = len(units) if units is not None else len(data.train)
     config_lib.validate_for_data(config, num_train)
-    channels = data.train.images.shape[-1]
+    streaming = hasattr(data.train, "fetch")
+    channels = image_shape(data.train)[-1]
     if len(config.dataset.mean) not in (1, channels):
         raise ConfigError(f"dataset.mean has {len(config.dataset.mean)} values but the images "
                           f"have {channels} channels.")
     plan = plan_privacy(config, num_train)
     ldp_info = None
+    if config.ldp.scale > 0 and streaming:
+        raise ConfigError("ldp.scale > 0 needs the training set in memory: set "
+                          "dataset.streaming=False.")
     if config.ldp.scale > 0:
         # Local DP: the training split (only) is perturbed once, from a seed, and cached.
         from dpjax.privacy import ldp
@@ -386,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     model, variables, spec = build_model(
         config, data, unit_size=units.shape[1] if units is not None else 0)
     if plan.private:
-        models.check_dp_compatible(model, variables, data.train.images.shape[1:])
+        models.check_dp_compatible(model, variables, image_shape(data.train))
     extra = {k: v for k, v in variables.items() if k != "params"}
     params = variables["params"]
     prior_info = None
@@ -446,7 +464,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 json.dump(config_dict, f, indent=2)
             with open(os.path.join(workdir, "environment.json"), "w") as f:
                 json.dump(_environment(), f, indent=2)
-    overlap = count_overlap(data.train.images, data.test.images)
+    overlap = None if streaming else count_overlap(data.train.images, data.test.images)
     if overlap:
         log.warning("%d test images are identical to training images: test accuracy is "
                     "optimistic.", overlap)
@@ -457,19 +475,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
 
     # Device-resident data, replicated on every local device.
-    train_images = _replicate(data.train.images)
-    train_labels = _replicate(data.train.labels.astype(np.int32))
-    if units is None:
+    local = jax.local_device_count()
+    host_rows = slice(jax.process_index() * local * config.micro_batch_size,
+                      (jax.process_index() + 1) * local * config.micro_batch_size)
+    if streaming:
+        # Each host decodes only its own rows of each micro-batch, one step ahead.
+        def host_batches(step: int):
+            batch = sampler.batch(step)
+            out = []
+            for m in range(batch.num_micro_batches):
+                idx, mask = batch.indices[m, host_rows], batch.mask[m, host_rows]
+                images = np.zeros((len(idx),) + image_shape(data.train), np.uint8)
+                images[mask] = data.train.fetch(idx[mask])
+                out.append((images.reshape((local, -1) + images.shape[1:]),
+                            data.train.labels[idx].reshape(local, -1)))
+            return batch, out
+
+        prefetcher = streaming_lib.Prefetcher(host_batches)
+    else:
+        train_images = _replicate(data.train.images)
+        train_labels = _replicate(data.train.labels.astype(np.int32))
+    if streaming:
+        if units is not None:
+            raise ConfigError("privacy.unit=patient needs dataset.streaming=False.")
+    elif units is None:
         gather = jax.pmap(lambda x, y, i: (x[i], y[i]))
     else:  # a privacy unit's images; padded slots get label −1
         unit_table = _replicate(units)
         gather = jax.pmap(lambda x, y, i, t: (x[t[i]], jnp.where(t[i] >= 0, y[t[i]], -1)))
         gather = functools.partial(lambda g, t, x, y, i: g(x, y, i, t), gather, unit_table)
     state = _replicate(state)
-
-    local = jax.local_device_count()
-    host_rows = slice(jax.process_index() * local * config.micro_batch_size,
-                      (jax.process_index() + 1) * local * config.micro_batch_size)
 
     def epsilon_so_far() -> float | None:
         if not plan.private:
@@ -514,7 +549,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             ph = plan.phases[phase]
 
             # Input: the sampler decides the batch from (seed, step) alone.
-            batch = sampler.batch(step)
+            if streaming:
+                batch, fetched = prefetcher.get(step, step + 1 if step + 1 < plan.steps
+                                                else None)
+            else:
+                batch = sampler.batch(step)
             step_key = jax.random.fold_in(master_key, step)
             augment_key = jax.random.fold_in(step_key, 1)
             acc = fns.zeros_like_trainable(state.params)
@@ -522,7 +561,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             for m in range(batch.num_micro_batches):
                 idx = batch.indices[m, host_rows].reshape(local, -1)
                 mask = batch.mask[m, host_rows].reshape(local, -1)
-                images, labels = gather(train_images, train_labels, idx)
+                if streaming:
+                    images, labels = fetched[m]
+                else:
+                    images, labels = gather(train_images, train_labels, idx)
                 acc, stats = fns.accumulate(state.params, acc, stats, images, labels, idx, mask,
                                             augment_key, sum_clip_norm)
             # Update: noise once for the logical batch, then record what ran.
@@ -576,6 +618,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     progress.close()
+    if streaming:
+        prefetcher.close()
     final_step = int(_unreplicate(state.step))
     save(final_step)
     checkpointer.close()
@@ -640,10 +684,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _evaluate(predict, state, data, config, with_probs: bool = False) -> dict:
     host = _unreplicate(state)
-    ema = evaluate_arrays(predict, host.ema_params, data.test.images, data.test.labels,
+    ema = evaluate_arrays(predict, host.ema_params, _split_images(data.test), data.test.labels,
                           config.eval_batch_size)
     raw = ema if config.ema_decay == 0 else evaluate_arrays(
-        predict, host.params, data.test.images, data.test.labels, config.eval_batch_size)
+        predict, host.params, _split_images(data.test), data.test.labels, config.eval_batch_size)
     out = {"accuracy": ema["accuracy"], "accuracy_raw": raw["accuracy"]}
     if with_probs:
         out["probs"] = ema["probs"]
@@ -661,7 +705,8 @@ def _clinical_metrics(config, data, test_probs, predict, state) -> dict:
     out.update({f"test_{k}": v for k, v in test.items()})
     if config.train_metrics:
         host = _unreplicate(state)
-        train = evaluate_arrays(predict, host.ema_params, data.train.images, data.train.labels,
+        train = evaluate_arrays(predict, host.ema_params, _split_images(data.train),
+                                data.train.labels,
                                 config.eval_batch_size)
         train_m = metrics.classification_metrics(data.train.labels, train["probs"],
                                                  data.num_classes,
@@ -670,6 +715,11 @@ def _clinical_metrics(config, data, test_probs, predict, state) -> dict:
         out["train_metrics_note"] = ("train_* metrics are computed on the private training set "
                                      "and are NOT covered by epsilon.")
     return out
+
+
+def _split_images(ds):
+    """The array of a split in memory, or the streaming source itself."""
+    return ds if hasattr(ds, "fetch") else ds.images
 
 
 def _is_main_thread() -> bool:
