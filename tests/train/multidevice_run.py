@@ -1,6 +1,6 @@
 """Trains a few steps on N forced CPU devices and saves the parameters (run as a script).
 
-Usage: python multidevice_run.py NUM_DEVICES WORKDIR OUT.npz
+Usage: python multidevice_run.py NUM_DEVICES WORKDIR OUT.npz SIGMA [MAX_STEPS_THIS_RUN]
 """
 
 import os
@@ -36,7 +36,10 @@ c.optimizer.learning_rate = 0.5
 data = make_splits(num_train=96, num_test=16, size=8, seed=4)
 if c.privacy.noise_multiplier == 0:
     c.privacy.noise_multiplier = 1e-30  # effectively noiseless, still the private path
-summary = loop.train_and_evaluate(c, sys.argv[2], data=data)
+max_steps = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+summary = loop.train_and_evaluate(c, sys.argv[2], data=data, max_steps_this_run=max_steps)
+if not summary["finished"]:
+    sys.exit(0)
 state = loop.checkpoint_lib.Checkpointer(sys.argv[2])
 template = loop.step_lib.init_state(
     loop.build_model(c, data)[1]["params"], loop.optim.make_optimizer(c.optimizer, c.num_steps))

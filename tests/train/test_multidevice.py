@@ -11,12 +11,16 @@ from tests.helpers import REPO
 SCRIPT = os.path.join(os.path.dirname(__file__), "multidevice_run.py")
 
 
-def _run(n, tmp_path):
+def _run(n, tmp_path, workdir=None, max_steps=0):
     out = tmp_path / f"params{n}.npz"
     env = dict(os.environ, PYTHONPATH=REPO)
-    r = subprocess.run([sys.executable, SCRIPT, str(n), str(tmp_path / f"w{n}"), str(out), "0"],
+    workdir = workdir or tmp_path / f"w{n}"
+    r = subprocess.run([sys.executable, SCRIPT, str(n), str(workdir), str(out), "0",
+                        str(max_steps)],
                        env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    if max_steps:
+        return None, None
     z = np.load(out)
     return [z[k] for k in sorted(z.files) if k.startswith("arr_")], float(z["epsilon"])
 
@@ -28,3 +32,13 @@ def test_one_two_and_eight_devices_agree(tmp_path):
         other, _ = _run(n, tmp_path)
         num = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(one, other)))
         assert num / den < 1e-5, (n, num / den)
+
+
+def test_resume_on_a_different_device_count(tmp_path):
+    """Two steps on one device, the rest on eight: the same model as one device throughout."""
+    one, eps_one = _run(1, tmp_path)
+    _run(1, tmp_path, workdir=tmp_path / "switch", max_steps=2)
+    switched, eps_switched = _run(8, tmp_path, workdir=tmp_path / "switch")
+    num = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(one, switched)))
+    den = np.sqrt(sum(np.sum(a ** 2) for a in one))
+    assert num / den < 1e-5 and eps_one == eps_switched
