@@ -248,7 +248,7 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     old = node[leaf]
     if isinstance(old, ml_collections.ConfigDict):
         raise ConfigError(f"Config field {key!r} is a group; set one of its fields.")
-    node[leaf] = _cast(value, old, key) if old is not None else _cast(value, None, key)
+    node[leaf] = _cast(value, old, key)
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:

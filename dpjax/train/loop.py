@@ -326,7 +326,7 @@ def evaluate_arrays(predict, params, images: np.ndarray, labels: np.ndarray,
 
 
 class _Preempted(Exception):
-    pass
+    """Raised inside the loop by the SIGTERM handler."""
 
 
 class Preempted(DpjaxError):
