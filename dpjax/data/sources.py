@@ -712,6 +712,27 @@ def load(dataset_config) -> DataSplits:
             splits = load_image_folder(path, image_size, get("test_fraction", 0.2),
                                        get("split_seed", 0), get("on_bad_image", "error"),
                                        get("cache_dir", None) or None, get("use_val", "ignore"))
+    elif name in ("csv", "kermany"):
+        from dpjax.data import medical
+
+        path = get("path", "")
+        what = ("the Kermany chest_xray folder or Kaggle .zip" if name == "kermany"
+                else "the APTOS 2019 folder or .zip (train.csv, train_images/)")
+        if not path:
+            raise DataError(f"dataset.path is empty: set it to {what} "
+                            "(--config.dataset.path=...).")
+        if not os.path.exists(os.path.expanduser(path)):
+            raise DataError(f"dataset.path={path!r} does not exist: check the path (relative "
+                            f"paths start from {os.getcwd()}).")
+        workers = get("num_workers", 0) or None
+        if name == "kermany":
+            splits = medical.load_kermany(path, get("image_size", 0), get("on_bad_image", "error"),
+                                          get("use_val", "ignore"),
+                                          get("cache_dir", None) or None, workers)
+        else:
+            splits = medical.load_aptos(path, get("image_size", 0), get("test_fraction", 0.2),
+                                        get("split_seed", 0), get("on_bad_image", "error"),
+                                        get("cache_dir", None) or None, workers)
     else:
         raise ConfigError(f"Expected dataset.name in {SOURCES}, got {name!r}.")
     _check_labels(splits)
