@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import jax
 import numpy as np
@@ -70,3 +71,26 @@ def test_patient_units_need_patient_ids(tmp_path):
     with pytest.raises(ConfigError, match="patient ids"):
         loop.train_and_evaluate(tiny_config(**{"privacy.unit": "patient"}), str(tmp_path),
                                 data=make_splits())
+
+
+def test_kermany_folder_with_patient_privacy(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    names = {"NORMAL": ["IM-0001-0001.jpeg", "IM-0001-0002.jpeg", "IM-0002-0001.jpeg",
+                        "NORMAL2-IM-0003-0001.jpeg"],
+             "PNEUMONIA": ["person1_bacteria_1.jpeg", "person1_virus_2.jpeg",
+                           "person2_bacteria_3.jpeg", "person3_virus_4.jpeg"]}
+    for split in ("train", "test"):
+        for cls, files in names.items():
+            os.makedirs(tmp_path / "chest_xray" / split / cls)
+            for f in files:
+                size = int(rng.integers(20, 30))
+                Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(
+                    tmp_path / "chest_xray" / split / cls / f)
+    config = tiny_config(**{"privacy.unit": "patient", "batch_size": 3,
+                            "dataset.name": "kermany", "dataset.path": str(tmp_path / "chest_xray"),
+                            "dataset.image_size": 16})
+    config.privacy.delta = 1e-2
+    summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["privacy_unit"] == "patient" and summary["num_privacy_units"] == 6
