@@ -83,6 +83,13 @@ class LaplaceMechanism:
       sensitivity: Δ, how much one value can differ between neighbouring
         images; 1 for values on [0, 1] (the only honest choice unless the
         neighbouring relation itself is restricted).
+
+    Example (the paper's β = 2 on a 28×28 grey image):
+      >>> mech = LaplaceMechanism(scale=2.0)
+      >>> mech.epsilon_per_value(), mech.epsilon_per_image(28 * 28)
+      (0.5, 392.0)
+      >>> mech.perturb(np.full((1, 2, 2), 128, np.uint8), seed=0).dtype
+      dtype('uint8')
     """
 
     scale: float

@@ -703,6 +703,8 @@ def _clinical_metrics(config, data, test_probs, predict, state) -> dict:
         data.test.labels, test_probs, data.num_classes, ordinal=config.metrics.ordinal,
         num_resamples=config.metrics.bootstrap_resamples)
     out.update({f"test_{k}": v for k, v in test.items()})
+    if "quadratic_weighted_kappa" in test:  # the short name design.md uses
+        out["test_kappa"] = test["quadratic_weighted_kappa"]
     if config.train_metrics:
         host = _unreplicate(state)
         train = evaluate_arrays(predict, host.ema_params, _split_images(data.train),

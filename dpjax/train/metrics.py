@@ -49,6 +49,14 @@ class BootstrapInterval(tuple):
         obj.num_resamples = int(num_resamples)
         return obj
 
+    def __getnewargs__(self):
+        # Lets copy, deepcopy and pickle rebuild the interval with its counts.
+        return (self[0], self[1], self.skipped, self.num_resamples)
+
+    def __repr__(self) -> str:
+        return (f"BootstrapInterval(low={self[0]!r}, high={self[1]!r}, "
+                f"skipped={self.skipped}, num_resamples={self.num_resamples})")
+
     @property
     def low(self) -> float | None:
         return self[0]
@@ -183,6 +191,12 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: i
     `auroc_note` when a class is absent from the labels), `quadratic_weighted_kappa`
     when `ordinal` (None when undefined), `confusion_matrix` (rows = true class,
     columns = predicted) and `num_examples`.
+
+    Example:
+      >>> probs = np.array([[.8, .2], [.3, .7], [.6, .4], [.4, .6]])
+      >>> m = classification_metrics(np.array([0, 1, 1, 0]), probs, 2)
+      >>> m["accuracy"], m["auroc"], m["confusion_matrix"]
+      (0.5, 0.75, [[1, 1], [1, 1]])
     """
     labels, probs = _check_inputs(labels, probs, num_classes)
     k = int(num_classes)

@@ -1,5 +1,6 @@
 """Local DP by the Laplace mechanism: per-value independence, ε, determinism, cache."""
 
+import doctest
 import math
 import os
 
@@ -33,6 +34,20 @@ def test_noise_is_independent_per_value():
     assert abs(_corr(noise[..., 1], noise[..., 2])) < 0.05
     # Per-image mean shifts are tiny compared with the per-value spread.
     assert noise.mean(axis=(1, 2, 3)).std() < 0.1 * noise.std()
+    # Spread of the noise actually added: Laplace std √2·β on [0, 1], i.e. √2·255·β
+    # in uint8 steps (rounding adds variance 1/12 of a step, negligible here).
+    assert noise.std() == pytest.approx(math.sqrt(2) * 255 * 0.05, rel=0.03)
+    assert abs(noise.mean()) < 0.5
+
+
+def test_independence_check_catches_one_draw_per_image():
+    # Control: the original code's mechanism (one Laplace value per image, added to
+    # every pixel) fails the independence check above, so that check has teeth.
+    rng = np.random.default_rng(0)
+    shift = ldp.laplace_noise(rng, (64, 1, 1, 1), 0.05)
+    noise = np.broadcast_to(shift, _mid_grey().shape)
+    assert _corr(noise[:, :, :-1], noise[:, :, 1:]) > 0.99
+    assert _corr(noise[..., 0], noise[..., 1]) > 0.99
 
 
 def test_laplace_noise_std():
@@ -167,3 +182,8 @@ def test_comparison_grid_and_png(tmp_path):
     assert rgb.shape == (2 * 4 + 2, 2 * 4 + 2, 3)
     ldp.save_png(str(tmp_path / "rgb.png"), rgb)
     assert Image.open(tmp_path / "rgb.png").mode == "RGB"
+
+
+def test_docstring_examples():
+    result = doctest.testmod(ldp, raise_on_error=False)
+    assert result.attempted > 0 and result.failed == 0
