@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
         clip_norm=1.0,
         sampling="poisson",        # poisson | shuffle (shuffle: ε does NOT apply)
         accountant="pld",          # pld | rdp
-        clipping="vmap",           # per-example gradient method
+        clipping="vmap",           # vmap (per-example grads) | fast (ghost/book-keeping)
         unit="example",            # example | patient (data with patient ids, e.g. Kermany)
     ))
 
@@ -262,7 +262,7 @@ _CHOICES = {
     "privacy.mode": ("dpsgd", "none"),
     "privacy.sampling": ("poisson", "shuffle"),
     "privacy.accountant": ("pld", "rdp"),
-    "privacy.clipping": ("vmap",),
+    "privacy.clipping": ("vmap", "fast"),
     "privacy.unit": ("example", "patient"),
     "pretrain.loss": ("align_uniform", "infonce"),
     "optimizer.name": ("sgd", "momentum", "adam"),

@@ -111,6 +111,9 @@ def run_audit(config: ml_collections.ConfigDict, workdir: str, *, num_canaries: 
     if config.phases.head_steps or config.privacy.mode != "dpsgd":
         raise ConfigError("dpjax audit audits one-phase DP-SGD configs: set "
                           "phases.head_steps=0 and privacy.mode=dpsgd.")
+    if config.privacy.clipping != "vmap":
+        raise ConfigError("dpjax audit runs with privacy.clipping=vmap (gradient canaries "
+                          "enter through the per-example loss).")
     if num_canaries < 2:
         raise ConfigError(f"Expected num_canaries={num_canaries} >= 2.")
     data = data if data is not None else sources.load(config.dataset)

@@ -373,6 +373,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if data is None:
         data = sources.load(config.dataset)
     units = privacy_units(config, data)
+    if config.privacy.clipping == "fast" and units is not None:
+        raise ConfigError("privacy.clipping=fast does not support privacy.unit=patient yet: "
+                          "use privacy.clipping=vmap.")
     num_train = len(units) if units is not None else len(data.train)
     config_lib.validate_for_data(config, num_train)
     streaming = hasattr(data.train, "fetch")
@@ -427,7 +430,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         fns = step_lib.build_step_fns(model, spec, tx, private=plan.private,
                                       is_trainable=is_trainable, ema_decay=config.ema_decay,
                                       ema_warmup=config.ema_warmup, variables_extra=extra,
-                                      canaries=audit.canaries if audit else None)
+                                      canaries=audit.canaries if audit else None,
+                                      clipping_method=config.privacy.clipping)
         return tx, is_trainable, fns
 
     # Workdir and resume.

@@ -207,6 +207,42 @@ def accumulate_private(trainable, frozen, acc, stats, images, labels, indices, m
     return acc, stats
 
 
+def accumulate_private_fast(params, acc, stats, images, labels, indices, mask, key, clip_norm,
+                            *, model, spec, extra, is_trainable):
+    """Like `accumulate_private`, with norms and the clipped sum from one backward pass.
+
+    `dpjax.privacy.fast_clipping` (ghost / book-keeping clipping) never forms
+    per-example gradients; its result equals the vmap method's (tested).
+    """
+    from dpjax.privacy import fast_clipping
+
+    keys = example_keys(key, indices)
+
+    def views(image, k):
+        if spec.augmult > 1 or spec.crop_padding or spec.flip:
+            return augment.augmult_views(k, augment.to_float(image), spec.augmult,
+                                         spec.crop_padding, spec.flip)
+        return augment.to_float(image)[None]
+
+    v = jax.vmap(views)(images, keys)
+    x = augment.normalize(v.reshape((-1,) + v.shape[2:]), spec.mean, spec.std)
+    result = fast_clipping.clipped_sum_and_stats(
+        model, params, extra or None, x, labels, mask, clip_norm, v.shape[1],
+        is_trainable=is_trainable)
+    clipped, _ = split_params(result.clipped_sum, is_trainable)
+    acc = jax.tree_util.tree_map(lambda a, c: a + c.astype(jnp.float32), acc, clipped)
+    m = mask.astype(jnp.float32)
+    finite = jnp.isfinite(result.norms)
+    stats = StepStats(
+        loss=stats.loss + jnp.sum(jnp.where(mask & finite, result.losses, 0.0)),
+        correct=stats.correct + jnp.sum(m * result.correct),
+        count=stats.count + jnp.sum(m),
+        clipped=stats.clipped + jnp.sum(m * (result.norms > clip_norm)),
+        nonfinite=stats.nonfinite + jnp.sum(m * ~finite),
+    )
+    return acc, stats
+
+
 def accumulate_nonprivate(trainable, frozen, acc, stats, images, labels, indices, mask, key,
                           clip_norm, *, loss_fn):
     """acc += Σ_i mask_i ∇ℓ_i, batched (no per-example gradients, not private)."""
@@ -275,12 +311,21 @@ class StepFns(NamedTuple):
 def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransformation, *,
                    private: bool, is_trainable=None, ema_decay: float = 0.0,
                    ema_warmup: bool = False, variables_extra=None,
-                   canaries: GradientCanaries | None = None) -> StepFns:
-    """pmapped accumulate/update functions for one model, input spec and optimiser."""
+                   canaries: GradientCanaries | None = None,
+                   clipping_method: str = "vmap") -> StepFns:
+    """pmapped accumulate/update functions for one model, input spec and optimiser.
+
+    `clipping_method`: "vmap" (per-example gradients, the reference) or
+    "fast" (`dpjax.privacy.fast_clipping`, no per-example gradients).
+    """
     loss_fn = make_example_loss(model, spec, variables_extra, canaries)
     accumulate = accumulate_private if private else accumulate_nonprivate
 
     def p_accumulate(params, acc, stats, images, labels, indices, mask, key, clip_norm):
+        if private and clipping_method == "fast":
+            return accumulate_private_fast(params, acc, stats, images, labels, indices, mask,
+                                           key, clip_norm, model=model, spec=spec,
+                                           extra=variables_extra, is_trainable=is_trainable)
         trainable, frozen = split_params(params, is_trainable)
         frozen = jax.lax.stop_gradient(frozen)
         return accumulate(trainable, frozen, acc, stats, images, labels, indices, mask, key,

@@ -122,3 +122,20 @@ def test_infinite_clip_no_noise_equals_nonprivate_sgd():
     plain = _update(fns_np, state, data.images, data.labels, micro)
     for x, y in zip(jax.tree_util.tree_leaves(private), jax.tree_util.tree_leaves(plain)):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("augmult,crop", [(1, 0), (3, 1)])
+def test_fast_clipping_step_equals_vmap_step(augmult, crop):
+    model = models.get_model("small_cnn", 3, width=8)
+    spec = step_lib.InputSpec(mean=(0.5,), std=(0.5,), crop_padding=crop, flip=bool(crop),
+                              augmult=augmult)
+    params = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
+    state = step_lib.init_state(params, optax.sgd(LR))
+    data = make_splits(num_train=12, seed=5).train
+    updates = []
+    for method in ("vmap", "fast"):
+        fns = step_lib.build_step_fns(model, spec, optax.sgd(LR), private=True,
+                                      clipping_method=method)
+        updates.append(_update(fns, state, data.images, data.labels, micro=8, sigma=0.0))
+    for a, b in zip(*(jax.tree_util.tree_leaves(u) for u in updates)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

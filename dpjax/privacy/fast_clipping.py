@@ -1,0 +1,507 @@
+"""Per-example clipping without per-example gradients (ghost / book-keeping clipping).
+
+`clipping.clipped_grad_sum` forms every example's gradient with
+`vmap(grad)`: B copies of the parameters, and for a convolution a grouped
+convolution per layer, 6–8× the cost of a batched step (design.md §8). The
+same clipped sum can be had from ONE forward and ONE backward pass:
+
+1. Tap every parameterised layer ℓ: keep its input a_ℓ and add a zero
+   perturbation to its output, so that differentiating the per-example losses
+   with respect to the perturbations gives the output gradients g_ℓ
+   (Goodfellow 2015, "Efficient per-example gradient computations"). This
+   backward pass computes no weight gradients at all.
+2. Each example's gradient of a dense or convolution kernel is
+   Σ_t a_t ⊗ g_t over its positions t (all K augmult views of the example
+   are positions of the same example). Its squared norm is computed per
+   layer either *directly* (form a_iᵀ g_i, one example at a time in the
+   batched contraction, and square it) or in the *ghost* Gram form
+   Σ_{t,t'} (a_t·a_t')(g_t·g_t') (Li et al. 2022, "Large language models can
+   be strong differentially private learners"), whichever needs fewer
+   operations for the layer's shape (Bu et al. 2022/2023, "Scalable and
+   efficient training of large convolutional neural networks with
+   differential privacy"; "Differentially private optimization on large
+   model at small cost" — book-keeping). Other layers with few parameters
+   (GroupNorm, LayerNorm, frozen BatchNorm affine) get their per-example
+   gradients by a per-layer `vmap` of the layer's own VJP: cheap reductions.
+3. Summing the squares over layers gives each example's gradient norm,
+   hence its clipping factor c_i = min(1, C/‖∇ℓ_i‖).
+4. The clipped sum Σ_i c_i ∇ℓ_i is, per layer, the layer's parameter VJP at
+   the stored inputs with the cotangent c_i · g_i: one weighted contraction
+   per layer (book-keeping), no second backward pass through the network.
+
+Weight-standardised convolutions (`layers.WSConv`) use ŵ = (v − mean v)/s per
+output channel o, with s = sqrt(max(n·var v, eps)), n the fan-in. With
+s = ‖v − mean v‖ (the usual case), ŵ is a unit vector and the Jacobian of
+the standardisation is J = (I − ŵŵᵀ)(I − 11ᵀ/n)/s, so for the per-example
+gradient G_o with respect to ŵ_o,
+
+    ‖Jᵀ G_o‖² = (‖G_o‖² − ⟨ŵ_o, G_o⟩² − ⟨1, G_o⟩²/n) / s_o²,
+
+(without the ŵ term and with s² = eps where the max clips). ‖G_o‖²/s_o² comes
+from the direct or ghost form with g scaled by 1/s_o; ⟨ŵ_o, G_o⟩ = Σ_t y_to g_to
+with y the layer's (standardised) output; ⟨1, G_o⟩ = Σ_t S_t g_to with S the
+window sum of the channel-summed input. All three are cheap.
+
+Guarantee: the same as `clipping.clipped_grad_sum` (the result equals it up
+to floating-point rounding; tests check 1e-4 relative in float32): every
+example contributes c_i ∇ℓ_i with ‖c_i ∇ℓ_i‖ ≤ C, padding rows (mask False)
+and examples with a non-finite gradient contribute exactly zero, so the sum
+has L2 sensitivity C (`clipping.clipped_sum_sensitivity`).
+
+Which layers are handled: `nn.Dense`, `nn.Conv` (2-D, no dilation or feature
+groups), `layers.WSConv`, and `nn.GroupNorm`, `nn.LayerNorm`, `nn.RMSNorm`,
+`nn.BatchNorm` (frozen) by the per-layer VJP. A model with any other
+trained parameter, or a layer called twice (weight sharing), is refused with
+`NotImplementedError` rather than clipped wrongly: use `clipping` then.
+The model must not mix examples (no training-mode BatchNorm), as for vmap.
+
+Unlike the rest of `dpjax.privacy` this module knows about Flax layers: it
+has to, as the trick is to take each layer apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from dpjax.models.layers import WSConv
+from dpjax.privacy import clipping
+
+PyTree = Any
+Path = tuple[str, ...]
+
+METHODS = ("auto", "direct", "ghost", "vmap")
+# The ghost form keeps a (B, T, T) Gram matrix per layer; above this many bytes
+# "auto" uses the direct form even where the Gram form has fewer operations.
+GHOST_GRAM_BYTES = 1 << 30
+# Layers whose per-example gradients are computed by a per-layer vmap of their VJP.
+_VMAP_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.BatchNorm)
+
+
+class FastClipResult(NamedTuple):
+    """What one call computes; `fast_clipped_grad_sum` returns the first two."""
+
+    clipped_sum: PyTree   # Σ_i mask_i c_i ∇ℓ_i, like params, float32
+    norms: jax.Array      # (B,) per-example gradient norms before clipping
+    losses: jax.Array     # (B,) per-example loss (mean over its views)
+    correct: jax.Array    # (B,) fraction of the example's views classified right
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tap:
+    """One parameterised layer call, as seen during tracing (static)."""
+
+    path: Path
+    module: nn.Module     # unbound clone, applied on its own
+    kind: str             # "dense" | "conv" | "wsconv" | "vmap"
+
+
+def _kind(module: nn.Module) -> str | None:
+    """How a layer's per-example norms are computed, or None for an untapped module."""
+    t = type(module)
+    if t is nn.Dense:
+        return "dense"
+    if t in (nn.Conv, WSConv) and _conv_geometry(module) is not None:
+        return "wsconv" if t is WSConv else "conv"
+    if t in (nn.Conv, WSConv) or t in _VMAP_TYPES:
+        return "vmap"
+    return None
+
+
+def _conv_geometry(module: nn.Module) -> tuple | None:
+    """(kernel_size, strides, padding) of a plain 2-D convolution, None if not supported."""
+    ks = tuple(module.kernel_size)
+    if len(ks) != 2:
+        return None
+    if isinstance(module, nn.Conv):
+        if (module.feature_group_count != 1 or module.input_dilation not in (None, 1)
+                or module.kernel_dilation not in (None, 1)):
+            return None
+    strides = module.strides if module.strides is not None else 1
+    strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    padding = module.padding
+    if isinstance(padding, str):
+        if padding not in ("SAME", "VALID"):
+            return None
+    elif isinstance(padding, int):
+        padding = ((padding, padding),) * 2
+    else:
+        padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+    return ks, strides, padding
+
+
+def _subtree(tree: PyTree, path: Path) -> PyTree:
+    for name in path:
+        tree = tree[name]
+    return tree
+
+
+def _tapped_apply(model: nn.Module, variables: PyTree, inputs: jax.Array,
+                  perturbations: dict | None, taps: dict):
+    """model.apply with each parameterised layer's output perturbed; records inputs.
+
+    Returns (logits, {path: (layer input, layer output before perturbation)});
+    `taps` is filled with the static description of each tapped layer.
+    """
+    records = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        kind = _kind(module) if context.method_name == "__call__" else None
+        if kind is None:
+            return next_fun(*args, **kwargs)
+        path = tuple(module.path)
+        if path in records:
+            raise NotImplementedError(
+                f"fast clipping: layer {'/'.join(path)!r} is called more than once (shared "
+                f"weights); use dpjax.privacy.clipping.clipped_grad_sum.")
+        if len(args) != 1 or kwargs:
+            raise NotImplementedError(
+                f"fast clipping: layer {'/'.join(path)!r} is called with extra arguments.")
+        y = next_fun(*args, **kwargs)
+        records[path] = (args[0], y)
+        taps[path] = _Tap(path, module.clone(parent=None), kind)
+        if perturbations is not None and path in perturbations:
+            y = y + perturbations[path]
+        return y
+
+    with nn.intercept_methods(interceptor):
+        logits = model.apply(variables, inputs)
+    return logits, records
+
+
+# --- per-layer squared norms -------------------------------------------------
+
+def _f32dot(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _by_example(x: jax.Array, batch: int) -> jax.Array:
+    """(B·K, ..., d) -> (B, T, d): an example's views and positions become one axis."""
+    return x.reshape(batch, -1, x.shape[-1])
+
+
+def _choose(method: str, batch: int, positions: int, fan_in: int, fan_out: int) -> str:
+    """"direct" or "ghost" for a layer: fewest multiply-adds, Gram memory permitting.
+
+    Direct: T·p·o per example (form a_iᵀ g_i). Ghost: T²·(p + o) (two Gram
+    matrices), and a B·T² float32 buffer.
+    """
+    if method != "auto":
+        return method
+    direct = positions * fan_in * fan_out
+    ghost = positions * positions * (fan_in + fan_out)
+    fits = 4 * batch * positions * positions <= GHOST_GRAM_BYTES
+    return "ghost" if ghost < direct and fits else "direct"
+
+
+def _dense_sqnorm(a: jax.Array, g: jax.Array, method: str) -> jax.Array:
+    """Σ_i ‖a_iᵀ g_i‖² per example for a (B, T, p), g (B, T, o)."""
+    if method == "ghost":
+        return jnp.sum(_f32dot("btp,bsp->bts", a, a) * _f32dot("bto,bso->bts", g, g), (1, 2))
+    return jnp.sum(jnp.square(_f32dot("btp,bto->bpo", a, g)), (1, 2))
+
+
+def _shifted_windows(x: jax.Array, geometry: tuple, out_hw: tuple[int, int]) -> list:
+    """The kh·kw shifted, strided views of x (N, H, W, C) that a kernel tap sees.
+
+    Window (di, dj) is the (N, H', W', C) array whose position t holds the
+    input pixel that kernel entry (di, dj) multiplies at output position t:
+    the im2col patches, one kernel offset at a time, never all at once.
+    """
+    (kh, kw), (sh, sw), padding = geometry
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
+    xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    ho, wo = out_hw
+    return [jax.lax.slice(xp, (0, di, dj, 0),
+                          (xp.shape[0], di + sh * (ho - 1) + 1, dj + sw * (wo - 1) + 1,
+                           xp.shape[3]), (1, sh, sw, 1))
+            for di in range(kh) for dj in range(kw)]
+
+
+def _conv_sqnorm(x: jax.Array, g: jax.Array, geometry: tuple, batch: int,
+                 method: str) -> jax.Array:
+    """Per-example ‖Σ_t patch_t ⊗ g_t‖² for a conv with input x (B·K, H, W, C).
+
+    Neither form materialises the patch tensor: the direct form accumulates
+    the (B, C, O) block of each kernel offset; the ghost form accumulates the
+    patch Gram matrix as a sum over kernel offsets of shifted pixel Grams.
+    """
+    windows = [_by_example(w, batch) for w in _shifted_windows(x, geometry, g.shape[1:3])]
+    gb = _by_example(g, batch)
+    if method == "ghost":
+        gram_a = sum(_f32dot("btc,bsc->bts", w, w) for w in windows)
+        return jnp.sum(gram_a * _f32dot("bto,bso->bts", gb, gb), (1, 2))
+    return sum(jnp.sum(jnp.square(_f32dot("btc,bto->bco", w, gb)), (1, 2)) for w in windows)
+
+
+def _ws_scale(kernel: jax.Array, eps: float) -> tuple[jax.Array, jax.Array, int]:
+    """(s² per output channel, whether the eps floor is inactive, fan-in n), as WSConv."""
+    kernel = kernel.astype(jnp.float32)
+    axes = tuple(range(kernel.ndim - 1))
+    fan_in = 1
+    for axis in axes:
+        fan_in *= kernel.shape[axis]
+    nvar = jnp.var(kernel, axis=axes) * fan_in
+    return jnp.maximum(nvar, eps), nvar > eps, fan_in
+
+
+def _wsconv_sqnorm(x: jax.Array, y: jax.Array, g: jax.Array, tap: _Tap, layer_params: dict,
+                   batch: int, method: str) -> jax.Array:
+    """Per-example ‖Jᵀ G_i‖² for a weight-standardised conv (see the module docstring)."""
+    module = tap.module
+    geometry = _conv_geometry(module)
+    s2, active, fan_in = _ws_scale(layer_params["kernel"], module.eps)
+    gs = (g.astype(jnp.float32) * jax.lax.rsqrt(s2)).astype(g.dtype)
+    plain = _conv_sqnorm(x.astype(g.dtype), gs, geometry, batch, method)
+    if module.use_bias:
+        y = y - layer_params["bias"].astype(y.dtype)
+    gb = _by_example(g, batch)
+    w_dot = _f32dot("bto,bto->bo", _by_example(y, batch), gb)             # ⟨ŵ_o, G_o⟩
+    window_sum = sum(_shifted_windows(jnp.sum(x.astype(jnp.float32), -1, keepdims=True),
+                                      geometry, g.shape[1:3]))
+    one_dot = _f32dot("btc,bto->bo", _by_example(window_sum, batch),
+                      gb.astype(jnp.float32))                              # ⟨1, G_o⟩
+    correction = jnp.sum((jnp.where(active, w_dot ** 2, 0.0) + one_dot ** 2 / fan_in) / s2, -1)
+    return jnp.maximum(plain - correction, 0.0)
+
+
+def _layer_vjp(tap: _Tap, layer_vars: dict, x: jax.Array) -> Callable:
+    """Cotangent of the layer output -> gradient of its params (at input x)."""
+    def apply(p):
+        return tap.module.apply({**layer_vars, "params": p}, x)
+
+    return jax.vjp(apply, layer_vars["params"])[1]
+
+
+def _per_example_layer_grads(tap: _Tap, layer_vars: dict, x: jax.Array, g: jax.Array,
+                             batch: int) -> dict:
+    """Per-example parameter gradients of one (small) layer, by vmap of its VJP."""
+    xs = x.reshape((batch, -1) + x.shape[1:])
+    gs = g.reshape((batch, -1) + g.shape[1:])
+    return jax.vmap(lambda xi, gi: _layer_vjp(tap, layer_vars, xi)(gi)[0])(xs, gs)
+
+
+# --- the whole step --------------------------------------------------------
+
+def _layer_variables(variables: PyTree, path: Path) -> dict:
+    out = {}
+    for collection, tree in variables.items():
+        try:
+            out[collection] = _subtree(tree, path)
+        except (KeyError, TypeError):
+            continue
+    return out
+
+
+def clipped_sum_and_stats(
+    model: nn.Module,
+    params: PyTree,
+    extra_variables: PyTree,
+    inputs: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    clip_norm: float,
+    num_views: int = 1,
+    *,
+    is_trainable: Callable[[str], bool] | None = None,
+    method: str | dict[str, str] = "auto",
+) -> FastClipResult:
+    """`fast_clipped_grad_sum`, also returning each example's loss and accuracy.
+
+    Args: as `fast_clipped_grad_sum`.
+
+    Returns:
+      FastClipResult(clipped_sum, norms, losses, correct).
+    """
+    if isinstance(method, str) and method not in METHODS:
+        raise ValueError(f"Expected method in {METHODS}, got {method!r}.")
+    rows = inputs.shape[0]
+    if rows % num_views:
+        raise ValueError(f"Expected inputs.shape[0]={rows} to be a multiple of "
+                         f"num_views={num_views}.")
+    batch = rows // num_views
+    variables = {**(extra_variables or {}), "params": params}
+    row_labels = jnp.repeat(labels, num_views)
+
+    # Static structure: which layers are tapped, and their output shapes.
+    taps: dict[Path, _Tap] = {}
+    out_shapes = jax.eval_shape(
+        lambda v, x: {p: r[1] for p, r in _tapped_apply(model, v, x, None, taps)[1].items()},
+        variables, inputs)
+    trainable_leaf = _trainable_predicate(params, is_trainable)
+    active = {p: t for p, t in taps.items()
+              if any(trainable_leaf(p + (n,)) for n in _subtree(params, p))}
+    _check_coverage(params, active, trainable_leaf)
+
+    def forward(perturbations):
+        logits, records = _tapped_apply(model, variables, inputs, perturbations, {})
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, row_labels)
+        correct = (jnp.argmax(logits, -1) == row_labels).astype(jnp.float32)
+        per_example = losses.reshape(batch, num_views).mean(1)
+        aux = (records, per_example, correct.reshape(batch, num_views).mean(1))
+        return per_example, aux
+
+    zeros = {p: jnp.zeros(out_shapes[p].shape, out_shapes[p].dtype) for p in active}
+    _, vjp_fn, (records, losses, correct) = jax.vjp(forward, zeros, has_aux=True)
+    (out_grads,) = vjp_fn(jnp.ones((batch,), jnp.float32))
+
+    # Per-example squared norms, layer by layer.
+    sq = jnp.zeros((batch,), jnp.float32)
+    per_example = {}
+    for path, tap in active.items():
+        x, y = records[path]
+        g = out_grads[path]
+        layer_vars = _layer_variables(variables, path)
+        layer_params = layer_vars["params"]
+        train = {n: trainable_leaf(path + (n,)) for n in layer_params}
+        if tap.kind == "vmap" or _method_for(method, path) == "vmap":
+            grads = _per_example_layer_grads(tap, layer_vars, x, g, batch)
+            per_example[path] = grads
+            for name, leaf in grads.items():
+                if train[name]:
+                    sq = sq + jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(batch, -1), 1)
+            continue
+        kernel = layer_params["kernel"]
+        p, o = kernel.size // kernel.shape[-1], kernel.shape[-1]
+        positions = g.size // (batch * o)
+        how = _choose(_method_for(method, path), batch, positions, p, o)
+        dtype = y.dtype
+        if train.get("kernel", False):
+            if tap.kind == "dense":
+                sq = sq + _dense_sqnorm(_by_example(x.astype(dtype), batch),
+                                        _by_example(g, batch), how)
+            elif tap.kind == "conv":
+                sq = sq + _conv_sqnorm(x.astype(dtype), g, _conv_geometry(tap.module), batch,
+                                       how)
+            else:
+                sq = sq + _wsconv_sqnorm(x, y, g, tap, layer_params, batch, how)
+        if train.get("bias", False):
+            bias_grad = jnp.sum(_by_example(g, batch).astype(jnp.float32), 1)
+            sq = sq + jnp.sum(jnp.square(bias_grad), 1)
+    norms = jnp.sqrt(sq)
+
+    # Clipping factors; dropped examples (padding, non-finite) get exactly 0.
+    factor = jnp.where(mask & jnp.isfinite(norms), clipping.clip_factor(norms, clip_norm), 0.0)
+    keep = factor > 0
+    row_factor = jnp.repeat(factor, num_views)
+    row_keep = jnp.repeat(keep, num_views)
+
+    def rows_where(k, v):
+        return jnp.where(k.reshape((-1,) + (1,) * (v.ndim - 1)), v, jnp.zeros((), v.dtype))
+
+    clipped = {}
+    for path, tap in active.items():
+        layer_vars = _layer_variables(variables, path)
+        if path in per_example:
+            grads = per_example[path]
+            clipped[path] = jax.tree_util.tree_map(
+                lambda leaf: jnp.einsum("b,b...->...", factor,
+                                        rows_where(keep, leaf.astype(jnp.float32))), grads)
+            continue
+        x, _ = records[path]
+        g = out_grads[path]
+        weighted = rows_where(row_keep, (g.astype(jnp.float32) * row_factor.reshape(
+            (-1,) + (1,) * (g.ndim - 1))).astype(g.dtype))
+        (grads,) = _layer_vjp(tap, layer_vars, rows_where(row_keep, x))(weighted)
+        clipped[path] = grads
+
+    return FastClipResult(_assemble(params, clipped, trainable_leaf), norms, losses, correct)
+
+
+def fast_clipped_grad_sum(
+    model: nn.Module,
+    params: PyTree,
+    extra_variables: PyTree,
+    inputs: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    clip_norm: float,
+    num_views: int = 1,
+    *,
+    is_trainable: Callable[[str], bool] | None = None,
+    method: str | dict[str, str] = "auto",
+) -> tuple[PyTree, jax.Array]:
+    """Σ_i mask_i · clip_C(∇ℓ_i) from one backward pass, without per-example gradients.
+
+    The same contract as `clipping.clipped_grad_sum` with the per-example
+    loss ℓ_i = mean softmax cross-entropy over the K views of example i; see
+    the module docstring for the method and the guarantee.
+
+    Args:
+      model: a Flax linen classifier, `model.apply(variables, x) -> logits`.
+      params: its 'params' collection (all differentiated unless `is_trainable`).
+      extra_variables: other collections (e.g. frozen 'batch_stats'), or None.
+      inputs: float (B·K, H, W, C) normalised images; rows i·K … i·K + K − 1 are
+        the K views of example i.
+      labels: int (B,).
+      mask: bool (B,), False on padding rows (which contribute exactly 0).
+      clip_norm: C (inf disables clipping: not private).
+      num_views: K, the augmult multiplicity.
+      is_trainable: predicate on a parameter's "/"-joined path; other
+        parameters are not clipped over and get a zero sum.
+      method: "auto" (per layer, the form with fewer operations), "direct",
+        "ghost" or "vmap" (per-layer per-example gradients), or a dict from a
+        layer's "/"-joined path to one of these (others "auto").
+
+    Returns:
+      (clipped sum, a pytree like params in float32; per-example gradient
+      norms before clipping, (B,)).
+
+    Raises:
+      NotImplementedError: a trained parameter in a layer this cannot take
+        apart, or a layer called twice.
+    """
+    result = clipped_sum_and_stats(model, params, extra_variables, inputs, labels, mask,
+                                   clip_norm, num_views, is_trainable=is_trainable,
+                                   method=method)
+    return result.clipped_sum, result.norms
+
+
+def _method_for(method: str | dict[str, str], path: Path) -> str:
+    if isinstance(method, str):
+        return method
+    chosen = method.get("/".join(path), "auto")
+    if chosen not in METHODS:
+        raise ValueError(f"Expected method[{'/'.join(path)!r}] in {METHODS}, got {chosen!r}.")
+    return chosen
+
+
+def _trainable_predicate(params: PyTree, is_trainable: Callable[[str], bool] | None):
+    def trainable(path: Path) -> bool:
+        return is_trainable is None or bool(is_trainable("/".join(path)))
+
+    return trainable
+
+
+def _check_coverage(params: PyTree, taps: dict, trainable: Callable[[Path], bool]) -> None:
+    """Refuses a trained parameter that no tapped layer owns (it would escape clipping)."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    covered = {p + (n,) for p in taps for n in _subtree(params, p)}
+    missing = [path for path in flat if trainable(path) and path not in covered]
+    if missing:
+        names = ", ".join("/".join(p) for p in missing[:5])
+        raise NotImplementedError(
+            f"fast clipping cannot take apart the layers owning {names}"
+            f"{' …' if len(missing) > 5 else ''}; use dpjax.privacy.clipping.clipped_grad_sum.")
+
+
+def _assemble(params: PyTree, clipped: dict, trainable: Callable[[Path], bool]) -> PyTree:
+    """The per-layer sums as a pytree like params (float32; zeros where not trained)."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    out = {}
+    for path, leaf in flat.items():
+        layer, name = path[:-1], path[-1]
+        if layer in clipped and trainable(path):
+            out[path] = clipped[layer][name].astype(jnp.float32)
+        else:
+            out[path] = jnp.zeros(leaf.shape, jnp.float32)
+    return flax.traverse_util.unflatten_dict(out)
