@@ -17,7 +17,7 @@ Families (`FAMILIES`):
   (Karras et al. 2020, "Analyzing and Improving the Image Quality of
   StyleGAN") whose 3x3 convolutions are drawn from a bank of 40 oriented
   filters, as in Baradad et al. (2021); the family DP-RandP uses.
-* ``"dead_leaves"``: occluding shapes with radius law p(r) ∝ r^-3.
+* ``"dead_leaves"``: occluding flat shapes with radius law p(r) ∝ r^-3.
 * ``"spectrum"``: random-phase noise with amplitude 1/(|fx|^sx + |fy|^sy).
 * ``"cppn"``: random compositional pattern-producing networks over pixel
   coordinates, a cheap on-device stand-in for Baradad et al.'s (2022)
@@ -62,7 +62,8 @@ _RGB_MEAN_MU = (0.483, 0.455, 0.401)
 _RGB_MEAN_SD = (0.145, 0.142, 0.161)
 _RGB_STD_MU = (0.219, 0.213, 0.213)
 _RGB_STD_SD = (0.063, 0.062, 0.069)
-_W_DIM = 512  # latent width of StyleGAN2's w space (styles are cheap; kept as reference)
+_W_DIM = 512  # width of StyleGAN2's latent w (the styles' input; cheap, kept as in the reference)
+_SQRT2 = math.sqrt(2.0)
 
 
 def _check_shape_args(batch_size: int, resolution: int) -> None:
@@ -70,6 +71,17 @@ def _check_shape_args(batch_size: int, resolution: int) -> None:
         raise ConfigError(f"Expected batch_size={batch_size!r} to be an integer >= 1.")
     if not isinstance(resolution, int) or resolution < 4:
         raise ConfigError(f"Expected resolution={resolution!r} to be an integer >= 4.")
+
+
+def _check_range(name: str, value: Sequence[float], low: float, high: float) -> None:
+    if len(value) != 2 or not low <= value[0] <= value[1] <= high:
+        raise ConfigError(f"Expected {name}={tuple(value)!r} to be (low, high) with "
+                          f"{low} <= low <= high <= {high}.")
+
+
+def _fold_in_range(key: jax.Array, n: int) -> jax.Array:
+    """Keys fold_in(key, i) for i < n: item i's randomness does not depend on n."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
 def _finish(x: jax.Array) -> jax.Array:
@@ -85,11 +97,17 @@ class _Draws:
     that is cut into named pieces; normals come from the inverse normal CDF.
     """
 
-    def __init__(self, key: jax.Array, **shapes: tuple[int, ...]):
+    def __init__(self, key: jax.Array, *, batched: bool = False, **shapes: tuple[int, ...]):
+        """One key, or with batched=True a 1-D array of keys (the parts get its leading axis)."""
         sizes = [math.prod(shape) for shape in shapes.values()]
-        flat = jax.random.uniform(key, (sum(sizes),), minval=1e-7, maxval=1.0)
+
+        def draw(k):
+            return jax.random.uniform(k, (sum(sizes),), minval=1e-7, maxval=1.0 - 1e-7)
+
+        flat = jax.vmap(draw)(key) if batched else draw(key)
+        lead = flat.shape[:-1]
         offsets = np.cumsum([0] + sizes)
-        self._parts = {name: flat[offsets[i]:offsets[i + 1]].reshape(shape)
+        self._parts = {name: flat[..., offsets[i]:offsets[i + 1]].reshape(lead + shape)
                        for i, (name, shape) in enumerate(shapes.items())}
 
     def uniform(self, name: str, low=0.0, high=1.0) -> jax.Array:
@@ -107,6 +125,10 @@ class _Draws:
         """A random permutation along the last axis (argsort of uniforms)."""
         return jnp.argsort(self._parts[name], axis=-1)
 
+    def sign(self, name: str) -> jax.Array:
+        """±1 with probability 1/2 each."""
+        return jnp.where(self._parts[name] < 0.5, -1.0, 1.0)
+
 
 # --------------------------------------------------------------------------- StyleGAN-Oriented
 
@@ -114,229 +136,245 @@ class _Draws:
 def oriented_filter_bank() -> np.ndarray:
     """The 40 3x3 filters of StyleGAN-Oriented (Baradad et al. 2021), shape (40, 3, 3).
 
-    Twenty base filters and their negatives: 8 step edges and 8 thin lines at
-    orientations k·π/8 (the negatives supply the other half-turn of the
-    edges), a delta, a centre-surround, a plus and a "±plus" (horizontal arm
-    positive, vertical arm negative). Each filter has unit L2 norm; all but
-    the delta and the plus have zero mean.
+    Twenty base filters and their negatives, as the reference code builds
+    them (an 11x11 pattern rotated with bilinear interpolation, the central
+    3x3 cropped): 8 step edges (+1 | 0 | -1 across the edge) and 8 thin
+    lines (-1 on the line, +1 around it), each with its mean removed, at
+    orientations k·π/8; a delta; a centre-surround (+1 centre, -1 around);
+    a plus (1 on the cross, 0 in the corners); a ±plus (+1 on the cross,
+    -1 in the corners). They are not normalised: their norms weight the input
+    channels against each other inside the demodulated convolution, as in
+    the reference.
     """
     yy, xx = np.mgrid[-1:2, -1:2].astype(np.float64)
     base = []
-    for k in range(8):  # step edges
-        t = k * np.pi / 8
-        base.append(np.tanh(2.0 * (xx * np.cos(t) + yy * np.sin(t))))
-    for k in range(8):  # thin lines through the centre
-        t = k * np.pi / 8
-        dist = -xx * np.sin(t) + yy * np.cos(t)
-        line = np.exp(-dist ** 2 / (2 * 0.4 ** 2))
+    for k in range(8):  # step edges; bilinear interpolation of a step is a clipped ramp
+        u = xx * np.cos(k * np.pi / 8) - yy * np.sin(k * np.pi / 8)
+        edge = -np.clip(u, -1.0, 1.0)
+        base.append(edge - edge.mean())
+    for k in range(8):  # thin lines, one pixel wide
+        u = xx * np.cos(k * np.pi / 8) - yy * np.sin(k * np.pi / 8)
+        line = 1.0 - 2.0 * np.maximum(0.0, 1.0 - np.abs(u))
         base.append(line - line.mean())
     delta = np.zeros((3, 3))
     delta[1, 1] = 1.0
-    surround = np.full((3, 3), -1.0 / 8)
+    surround = -np.ones((3, 3))
     surround[1, 1] = 1.0
     plus = np.zeros((3, 3))
-    plus[1, :] = 1.0
-    plus[:, 1] = 1.0
-    pm_plus = np.zeros((3, 3))
-    pm_plus[1, 0] = pm_plus[1, 2] = 1.0
-    pm_plus[0, 1] = pm_plus[2, 1] = -1.0
-    base += [delta, surround, plus, pm_plus]
-    base = np.stack([f / np.linalg.norm(f) for f in base])
+    plus[1, :] = plus[:, 1] = 1.0
+    base += [delta, surround, plus, 2.0 * plus - 1.0]
+    base = np.stack(base)
+    base[np.abs(base) < 1e-9] = 0.0  # exact zeros where cos/sin rounding left 1e-17
     return np.concatenate([base, -base]).astype(np.float32)
 
 
-_FILTER_BANK = oriented_filter_bank()
+_FILTER_BANK = oriented_filter_bank().reshape(40, 9)
 
 
-def stylegan_widths(resolution: int, channels: int | None = None) -> dict[int, int]:
-    """Feature widths per layer resolution of the StyleGAN-Oriented network.
+def _stylegan_gen_res(resolution: int, network_resolution: int | None = None) -> int:
+    """The network's resolution: the power of two >= `resolution` (and >= 4)."""
+    gen_res = max(4, 1 << (int(resolution) - 1).bit_length())
+    if network_resolution is not None:
+        if (not isinstance(network_resolution, int) or network_resolution < gen_res
+                or network_resolution & (network_resolution - 1)):
+            raise ConfigError(f"Expected network_resolution={network_resolution!r} to be a "
+                              f"power of two >= {gen_res} (resolution={resolution}).")
+        gen_res = network_resolution
+    return gen_res
 
-    The network runs at `gen_res`, the power of two >= `resolution` (>= 4).
-    `channels` is the width of the layers up to 32x32; above 32x32 the width
-    halves with each doubling of resolution, never below 16 (StyleGAN2 also
-    narrows its high-resolution layers, from 512). Default `channels`: 64
-    when gen_res <= 64, else 128.
 
-    Why so narrow: at the reference width of 512 generating a 32x32 image
-    costs about 13 GFLOP, several times a WRN-16-4 training step on it. The
-    look of a random, untrained StyleGAN comes from the oriented filters,
-    the random styles, the multi-scale skip sum and the noise, not from the
-    width: with demodulation every output channel is a unit-variance random
-    mix of its inputs whatever the width, and 64 channels already give
-    plenty of independent mixtures. At 32x32 the default costs about 0.2
-    GFLOP per image (1/64 of the reference); at 224 (run at 256, channels
-    128) about 3 GFLOP.
+def stylegan_widths(resolution: int, channels: int = 512) -> dict[int, int]:
+    """Feature width of each layer resolution of the StyleGAN-Oriented network.
+
+    The network runs at the power of two >= `resolution`. Layers up to 64x64
+    have `channels` features; above, the width halves with each doubling of
+    resolution, never below min(16, channels). With the default 512 this is
+    StyleGAN2's own schedule (channel_base 32768, channel_max 512): 512 up
+    to 64x64, 256 at 128, 128 at 256.
     """
     gen_res = _stylegan_gen_res(resolution)
-    if channels is None:
-        channels = 64 if gen_res <= 64 else 128
     if not isinstance(channels, int) or channels < 1:
         raise ConfigError(f"Expected channels={channels!r} to be an integer >= 1.")
-    widths = {}
-    r = 4
+    widths, r = {}, 4
     while r <= gen_res:
-        widths[r] = max(min(channels, 16), min(channels, channels * 32 // r))
+        widths[r] = max(min(channels, 16), min(channels, channels * 64 // r))
         r *= 2
     return widths
 
 
-def _stylegan_gen_res(resolution: int) -> int:
-    return max(4, 1 << (int(resolution) - 1).bit_length())
-
-
 def _upsample2x(x: jax.Array) -> jax.Array:
-    """2x upsampling with the FIR filter [1, 3, 3, 1] (separable), edge-padded.
+    """2x upsampling of (B, H, W, C) with the FIR filter [1, 3, 3, 1], edge-padded.
 
     Zero insertion followed by [1, 3, 3, 1]·2/8 per axis gives, in polyphase
     form, out[2n] = ¾x[n] + ¼x[n-1] and out[2n+1] = ¾x[n] + ¼x[n+1].
     """
-    for axis in (-3, -2):
+    for axis in (1, 2):
         n = x.shape[axis]
         first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
         last = jax.lax.slice_in_dim(x, n - 1, n, axis=axis)
         prev = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
         nxt = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis)
-        even = 0.75 * x + 0.25 * prev
-        odd = 0.75 * x + 0.25 * nxt
-        y = jnp.stack([even, odd], axis=axis)  # (.., n, 2, ..): interleaved after reshape
+        y = jnp.stack([0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt], axis=axis + 1)
         shape = list(x.shape)
         shape[axis] = 2 * n
-        x = y.reshape(shape)
+        x = y.reshape(shape)  # (.., n, 2, ..) -> (.., 2n, ..): even and odd samples interleaved
     return x
 
 
-def _pink_noise(phase: jax.Array, alpha: jax.Array) -> jax.Array:
-    """One (res, res) map with amplitude 1/f^alpha and the given phase, unit std."""
+def _pink_noise(phase: jax.Array, alpha: jax.Array, envelope: jax.Array) -> jax.Array:
+    """One (res, res) map: amplitude 1/f^alpha, the given phase, times `envelope`; unit std."""
     res = phase.shape[0]
     f = jnp.fft.fftfreq(res)
     rad = jnp.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
     amp = jnp.where(rad > 0, jnp.power(jnp.where(rad > 0, rad, 1.0), -alpha), 0.0)
     field = jnp.real(jnp.fft.ifft2(amp * jnp.exp(1j * phase)))
-    field = field - field.mean()
+    field = (field - field.mean()) * envelope
     return field / (field.std() + 1e-8)
 
 
-def _sample_network(key: jax.Array, widths: dict[int, int]) -> dict:
-    """Random StyleGAN2 synthesis weights for one group (one network).
+def _laplace(u: jax.Array) -> jax.Array:
+    """Standard Laplace variates from uniforms on (0, 1) (inverse CDF)."""
+    return -jnp.sign(u - 0.5) * jnp.log1p(-2.0 * jnp.abs(u - 0.5))
 
-    All layers are drawn at the widest width in a few large random calls and
-    then sliced (far fewer random ops to compile than one call per layer).
+
+def _taps(planes: jax.Array, up: bool) -> jax.Array:
+    """Finish a 3x3 convolution whose 9 taps were contracted over channels first.
+
+    `planes` is (B, h, w, 9): plane k holds Σ_c W[c, k]·x_c. Optionally
+    upsample the planes 2x (FIR upsampling commutes with the channel
+    contraction), reflect-pad by one and sum each plane shifted by its tap.
     """
-    resolutions = sorted(widths)
-    shapes = [(widths[4], widths[4])]
-    for lo, hi in zip(resolutions[:-1], resolutions[1:]):
-        shapes += [(widths[lo], widths[hi]), (widths[hi], widths[hi])]
-    n_conv, n_rgb, cmax = len(shapes), len(resolutions), max(widths.values())
-    d = _Draws(key, n=(n_conv, 1, 1), subsets=(n_conv, 40), pick=(n_conv, cmax, cmax),
-               scale=(n_conv, cmax, 1, 1, 1), affine=(n_conv + n_rgb, _W_DIM, cmax),
-               bias=(n_conv, cmax), rgb=(n_rgb, cmax, 3), const=(4, 4, widths[4]))
-    n = d.integers("n", 5, 41)  # subset size n ~ U{5..40}
-    # A random order of the 40 filters from ranks (no sort: cheaper to compile).
-    keys_ = d.uniform("subsets")
-    rank = jnp.sum(keys_[:, None, :] < keys_[:, :, None], axis=-1)  # (layer, 40)
-    subsets = jnp.argmax(rank[:, None, :] == jnp.arange(40)[None, :, None], axis=-1)
-    pick = d.integers("pick", 0, n)
-    pick = jnp.take_along_axis(subsets, pick.reshape(n_conv, -1), -1).reshape(pick.shape)
-    bank = jnp.asarray(_FILTER_BANK)[pick] * d.normal("scale")  # (layer, cout, cin, 3, 3)
-    affine = d.normal("affine") / math.sqrt(_W_DIM)
-    bias = d.uniform("bias", -0.2, 0.2)
-    rgb = d.normal("rgb")
-    convs = []
-    for i, (cin, cout) in enumerate(shapes):
-        weight = bank[i, :cout, :cin]  # a filter per (output, input) channel pair
-        convs.append(dict(weight=jnp.transpose(weight, (2, 3, 1, 0)),  # HWIO
-                          weight_sq=jnp.sum(weight ** 2, axis=(2, 3)).T,  # (cin, cout)
-                          affine=affine[i, :, :cin], bias=bias[i, :cout]))
-    torgbs = [dict(weight=rgb[j, :widths[r]] / math.sqrt(widths[r]),
-                   affine=affine[n_conv + j, :, :widths[r]]) for j, r in enumerate(resolutions)]
-    return dict(const=d.normal("const"), convs=convs, torgbs=torgbs)
+    if up:
+        planes = _upsample2x(planes)
+    _, h, w, _ = planes.shape
+    padded = jnp.pad(planes, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    return sum(padded[:, dy:dy + h, dx:dx + w, 3 * dy + dx]
+               for dy in range(3) for dx in range(3))
 
 
-def _modulated_conv(x: jax.Array, p: dict, w: jax.Array) -> jax.Array:
-    """StyleGAN2 modulated 3x3 conv with demodulation, in its unfused form.
+def _prefix_tables(knots: jax.Array, sign: jax.Array, weight: jax.Array) -> jax.Array:
+    """Prefix sums for `_relu_contract`: (..., C), (..., C), (..., C, K) -> (..., C + 1, 4K).
 
-    Scaling the input channels by the styles, convolving with the shared
-    weight and scaling each output channel by the demodulation coefficient
-    equals convolving with the per-sample modulated, demodulated weight.
+    Channels in knot order; row j holds the sums over the first j channels of
+    [w·[sign > 0], w·t·[sign > 0], w·[sign < 0], w·t·[sign < 0]].
     """
-    styles = w @ p["affine"] + 1.0  # (n, cin), bias 1
-    x = jnp.pad(x * styles[:, None, None, :], ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    y = jax.lax.conv_general_dilated(x, p["weight"], (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    demod = jax.lax.rsqrt((styles ** 2) @ p["weight_sq"] + 1e-8)  # (n, cout)
-    return y * demod[:, None, None, :]
+    w_pos = jnp.where(sign[..., None] > 0, weight, 0.0)
+    w_neg = weight - w_pos
+    t = knots[..., None]
+    sums = jnp.cumsum(jnp.concatenate([w_pos, w_pos * t, w_neg, w_neg * t], axis=-1), axis=-2)
+    return jnp.pad(sums, [(0, 0)] * (sums.ndim - 2) + [(1, 0), (0, 0)])
 
 
-def _synthesize_group(params: dict, ws: jax.Array, noise_maps: dict[int, jax.Array],
-                      noise_strength: jax.Array) -> jax.Array:
-    """Run one network over n images: ws (n, layers, w_dim), strength (n,)."""
-    n = ws.shape[0]
-    resolutions = sorted(noise_maps)
-    layer = iter(range(ws.shape[1]))
-    strength = noise_strength[:, None, None, None]
+def _relu_contract(m: jax.Array, e: jax.Array, knots: jax.Array,
+                   tables: jax.Array) -> jax.Array:
+    """Σ_c w[c, k]·√2·ReLU(sign_c·m + e − t_c), without the C-channel tensor.
 
-    def conv(x, p, res):
-        y = _modulated_conv(x, p, ws[:, next(layer)])
-        y = y + strength * noise_maps[res][None, :, :, None] + p["bias"]
-        return jax.nn.relu(y) * math.sqrt(2.0)
+    This is a StyleGAN-Oriented layer's activation followed by the next
+    contraction over its channels (see `stylegan_oriented`). The channels c
+    have knots t_c = −bias_c, sorted ascending, signs ±1 and consumer
+    weights w (C, K). For the channels of one sign and z = ±m + e,
+    Σ_c w_c·ReLU(z − t_c) = z·Σ_{t_c<z} w_c − Σ_{t_c<z} w_c·t_c: two prefix
+    sums over the sorted channels (`_prefix_tables`), read at the number of
+    knots below z, found by binary search. O(K·log C) work per pixel
+    instead of O(K·C), and no (H, W, C) activation in memory.
 
-    def torgb(x, p):
-        styles = ws[:, next(layer)] @ p["affine"] + 1.0  # no demodulation
-        return jnp.einsum("nhwc,nc,cd->nhwd", x, styles, p["weight"])
+    Args:
+      m, e: (B, H, W) the layer's demodulated map and its noise.
+      knots: (B, C), ascending.
+      tables: (B, C + 1, 4K) from `_prefix_tables(knots, sign, w)`.
 
-    x = jnp.broadcast_to(params["const"], (n,) + params["const"].shape)
-    x = conv(x, params["convs"][0], 4)
-    img = torgb(x, params["torgbs"][0])
-    for i, res in enumerate(resolutions[1:]):
-        x = conv(_upsample2x(x), params["convs"][1 + 2 * i], res)
-        x = conv(x, params["convs"][2 + 2 * i], res)
-        img = _upsample2x(img) + torgb(x, params["torgbs"][1 + i])
-    return img
+    Returns:
+      (B, H, W, K).
+    """
+    b, h, w = m.shape
+    k = tables.shape[-1] // 4
+    z = jnp.concatenate([(m + e).reshape(b, h * w), (e - m).reshape(b, h * w)], axis=1)
+    below = jax.vmap(jnp.searchsorted)(knots, z)  # (B, 2·H·W): how many knots < z
+    rows = jnp.take_along_axis(tables, below[..., None], axis=1)  # (B, 2·H·W, 4K)
+    z, pos, neg = z[..., None], rows[:, :h * w], rows[:, h * w:]
+    out = (z[:, :h * w] * pos[..., :k] - pos[..., k:2 * k]
+           + z[:, h * w:] * neg[..., 2 * k:3 * k] - neg[..., 3 * k:])
+    return (_SQRT2 * out).reshape(b, h, w, k)
 
 
-def stylegan_oriented(key: jax.Array, batch_size: int, resolution: int, *, group_size: int = 4,
-                      channels: int | None = None, max_noise: float = 0.3) -> jax.Array:
+def stylegan_oriented(key: jax.Array, batch_size: int, resolution: int, *, group_size: int = 2,
+                      channels: int = 512, max_noise: float = 0.3,
+                      network_resolution: int | None = None) -> jax.Array:
     """StyleGAN-Oriented images (Baradad et al. 2021; network of Karras et al. 2020).
 
-    A StyleGAN2 synthesis network with the skip architecture, never trained:
-    a random 4x4 constant input; per resolution a [1, 3, 3, 1] FIR 2x
-    upsampling, two modulated 3x3 convolutions with demodulation (inputs
-    reflect-padded: StyleGAN's zero padding, untrained, paints a frame
-    around every image), each
-    followed by pink noise, a bias ~ U(-0.2, 0.2) and ReLU·√2; a 1x1 modulated
-    ToRGB (no demodulation) per resolution, summed over the upsampled skip
-    path. There is no mapping network: every layer of every image gets its
-    own w = LeakyReLU_0.2(N(0, I_512)), mapped to styles by an affine with
-    weight N(0, 1)/√512 and bias 1. Each conv's weight gives every (output,
-    input) channel pair a filter drawn from a random subset of size
-    n ~ U{5..40} of `oriented_filter_bank()`, times N(0, 1) per output
-    channel (after demodulation only its sign survives).
+    A StyleGAN2 synthesis network with the skip architecture, never trained,
+    as Baradad et al.'s "StyleGAN-Oriented" configuration draws it:
 
-    Images come in groups of `group_size`; each group has its own freshly
-    drawn network (group g's network depends only on the key and g, image
-    i's latents only on the key and i). One pink-noise map (amplitude
-    1/f^α, α ~ U(0.5, 1.5), random phase) is shared by the batch,
-    box-downsampled for the lower resolutions and scaled by U(0, max_noise)
-    per image. The output channels are standardised
-    per image, then given mean ~ N(0.483, 0.145), N(0.455, 0.142),
-    N(0.401, 0.161) and std ~ |N(0.219, 0.063)|, |N(0.213, 0.062)|,
-    |N(0.213, 0.069)| for R, G, B, and clipped to [0, 1].
+    * no mapping network: every layer of every image gets its own
+      w = LeakyReLU_0.2(N(0, I_512)), mapped to styles by an affine with
+      weight N(0, 1)/√512 and bias 1; a random 4x4 constant input;
+    * per resolution a 2x upsampling with the FIR filter [1, 3, 3, 1], two
+      modulated 3x3 convolutions with demodulation, each followed by noise,
+      a bias ~ U(-0.2, 0.2) and ReLU·√2; a 1x1 modulated ToRGB (weight
+      N(0, 1), no demodulation) per resolution, summed along the upsampled
+      skip path;
+    * each convolution's weight is drawn afresh: a subset of size
+      n ~ U{5..40} of `oriented_filter_bank()`, one filter from it for each
+      input channel (shared by all output channels) and a N(0, 1) scale per
+      output channel;
+    * the noise is one pink-noise map (amplitude 1/f^α, α ~ U(0.5, 1.5),
+      random phase, times a smooth Laplace envelope as in the reference),
+      box-downsampled to each resolution and scaled by U(0, max_noise) per
+      image and layer;
+    * the output channels are standardised per image, then given mean
+      ~ N(0.483, 0.145), N(0.455, 0.142), N(0.401, 0.161) and std
+      ~ |N(0.219, 0.063)|, |N(0.213, 0.062)|, |N(0.213, 0.069)| for R, G, B,
+      and clipped to [0, 1].
 
-    The network runs at the power of two >= `resolution`; other resolutions
-    are resized (antialiased linear) with `jax.image.resize`. The network is
-    one jitted computation per (batch_size, network resolution, group_size,
-    channels), shared by all resolutions that round up to the same power.
+    Groups. The images come in groups of `group_size`; each group gets its
+    own network: its own filters, output scales, biases, ToRGB weights and
+    noise map (the reference redraws these at every forward pass, of 2
+    images). The style affines and the constant input, the parameters
+    StyleGAN2 would learn, are drawn once per call and shared by the groups
+    (the reference redraws them every 400 images).
+
+    How it is computed. Every output channel of a convolution sees the same
+    filters, scaled by its own N(0, 1), and demodulation divides that scale
+    out, so all output channels equal ±M, one map
+    M = Σ_c s_c·(f_c ⋆ x_c) / √(Σ_c s_c²‖f_c‖²). A layer therefore contracts
+    its input over channels first, Σ_c s_c·f_c[k]·x_c for the 9 taps k,
+    upsamples those 9 planes when the layer upsamples, sums them shifted
+    (`_taps`), and outputs √2·ReLU(±M + noise + bias_c) for its channels.
+    That is exactly the modulated, demodulated convolution, at O(C) instead
+    of O(C²) work per pixel. Inputs are reflect-padded: StyleGAN's zero
+    padding, untrained, paints a frame around every image. Large batches
+    run in sequential chunks so that no activation tensor exceeds about
+    2^26 elements.
+
+    Widths. `channels` is the width of the layers up to 64x64 (above, it
+    halves per doubling; see `stylegan_widths`). The default is StyleGAN2's
+    512: the width sets how coherent the sum over channels is against the
+    biases and the noise, and narrower networks look visibly different
+    (blurrier, noisier, less of the sharp oriented structure). With the
+    O(C) computation the full width is affordable: on a CPU it generates
+    32x32 images about 3x slower than 128 channels
+    (see benchmarks/random_processes_speed.py); at 224x224 it is StyleGAN2's
+    width schedule, 128 channels at 256x256.
+
+    Resolution. The network runs at `network_resolution`, by default the
+    power of two >= `resolution`; other resolutions are resized
+    (antialiased linear) with `jax.image.resize`. The reference generated
+    256x256 images that DP-RandP then cropped and shrank to 32x32; pass
+    network_resolution=256 for that (about 100x the work at 32 px). The
+    network is one jitted computation per (batch_size, network resolution,
+    group_size, channels), shared by all resolutions that round up to the
+    same power.
 
     Args:
       key: PRNG key.
       batch_size: number of images.
       resolution: output height and width.
-      group_size: images per random network. Images of one group share the
-        network, the constant input and the noise map, so their layouts
-        look alike (only the styles differ); the default 4 keeps batches
-        diverse while a batch still runs as a few dense convolutions.
-      channels: width of the layers up to 32x32 (see `stylegan_widths`).
-      max_noise: noise strength is U(0, max_noise) per image.
+      group_size: images per random network (2 by default, as in the
+        reference). Images of a group share filters, biases and noise.
+      channels: width of the layers up to 64x64.
+      max_noise: noise strength is U(0, max_noise) per image and layer.
+      network_resolution: run the network at this power of two (>= the
+        default) and shrink its output to `resolution`.
 
     Returns:
       float32 (batch_size, resolution, resolution, 3) in [0, 1].
@@ -344,7 +382,8 @@ def stylegan_oriented(key: jax.Array, batch_size: int, resolution: int, *, group
     _check_shape_args(batch_size, resolution)
     if not isinstance(group_size, int) or group_size < 1:
         raise ConfigError(f"Expected group_size={group_size!r} to be an integer >= 1.")
-    gen_res = _stylegan_gen_res(resolution)
+    gen_res = _stylegan_gen_res(resolution, network_resolution)
+    stylegan_widths(gen_res, channels)  # validates channels
     imgs = _stylegan_core(key, batch_size, gen_res, group_size, channels, max_noise)
     if gen_res != resolution:
         imgs = _resize(imgs, resolution)
@@ -357,49 +396,108 @@ def _resize(imgs: jax.Array, resolution: int) -> jax.Array:
     return _finish(jax.image.resize(imgs, shape, "linear"))  # antialiased when shrinking
 
 
+_MAX_ACTIVATION_ELEMENTS = 2 ** 26  # per chunk of images: 256 MiB in float32
+
+
 @functools.partial(jax.jit, static_argnames=("batch_size", "gen_res", "group_size", "channels"))
 def _stylegan_core(key: jax.Array, batch_size: int, gen_res: int, group_size: int,
-                   channels: int | None, max_noise: float) -> jax.Array:
+                   channels: int, max_noise: float) -> jax.Array:
     """`stylegan_oriented` at its network resolution `gen_res`, a power of two."""
     widths = stylegan_widths(gen_res, channels)
-    n_groups = -(-batch_size // group_size)
-    n_layers = 3 * len(widths) - 1  # convs + torgbs
-
-    k_net, k_img, k_noise = jax.random.split(key, 3)
     res_list = sorted(widths)
-    d = _Draws(k_noise, alpha=(), phase=(gen_res, gen_res))
-    alpha = d.uniform("alpha", 0.5, 1.5)
-    noise = _pink_noise(d.uniform("phase", 0.0, 2 * jnp.pi), alpha)
-    noise_maps = {}
-    for r in reversed(res_list):  # box-downsampled copies keep the 1/f^alpha law
-        noise_maps[r] = noise / (noise.std() + 1e-8)
-        noise = noise.reshape(r // 2, 2, r // 2, 2).mean((1, 3)) if r > 4 else noise
+    convs = [(4, widths[4], widths[4])]  # (resolution, in channels, out channels)
+    for lo, hi in zip(res_list[:-1], res_list[1:]):
+        convs += [(hi, widths[lo], widths[hi]), (hi, widths[hi], widths[hi])]
+    n_conv, n_rgb = len(convs), len(res_list)
+    # Images run in n_chunks sequential chunks of `chunk` (padding included).
+    max_chunk = max(1, _MAX_ACTIVATION_ELEMENTS // max(r * r * c for r, c in widths.items()))
+    n_chunks = -(-batch_size // max_chunk)
+    chunk = -(-batch_size // n_chunks)
+    total = n_chunks * chunk
+    n_groups = -(-total // group_size)
+    group_of = jnp.arange(total) // group_size
+    k_net, k_group, k_img = jax.random.split(key, 3)
+    # All layers are drawn at the widest width `cmax` in one piece each and sliced
+    # (far fewer ops to compile than one piece per layer).
+    cmax, n_layers = max(widths.values()), n_conv + n_rgb
+    in_mask = np.arange(cmax)[None, :] < np.array([cin for _, cin, _ in convs])[:, None]
+    # ToRGB weight N(0, 1) times StyleGAN2's weight gain 1/√C, zero beyond the width C.
+    rgb_mask = np.stack([(np.arange(cmax) < widths[r]) / np.sqrt(widths[r])
+                         for r in res_list]).astype(np.float32)
 
-    def per_image(i):
-        d = _Draws(jax.random.fold_in(k_img, i), ws=(n_layers, _W_DIM), strength=(),
-                   mean=(3,), std=(3,))
-        ws = jax.nn.leaky_relu(d.normal("ws"), 0.2)
-        strength = d.uniform("strength", 0.0, max_noise)
-        mean = jnp.asarray(_RGB_MEAN_MU) + jnp.asarray(_RGB_MEAN_SD) * d.normal("mean")
-        std = jnp.abs(jnp.asarray(_RGB_STD_MU) + jnp.asarray(_RGB_STD_SD) * d.normal("std"))
-        return ws, strength, mean, std
+    # Per call: what StyleGAN2 would learn (style affines, constant input).
+    net = _Draws(k_net, const=(4, 4, widths[4]), affine=(n_layers, _W_DIM, cmax))
+    # Per group g (from key and g only): the network's filters, signs, biases, ToRGB
+    # weights and noise map.
+    grp = _Draws(_fold_in_range(k_group, n_groups), batched=True, order=(n_conv, 40),
+                 n=(n_conv, 1), pick=(n_conv, cmax), sign=(n_conv, cmax), bias=(n_conv, cmax),
+                 rgb=(n_rgb, cmax, 3), alpha=(), phase=(gen_res, gen_res), envelope=(4, 4))
+    # Per image i (from key and i only): latents, noise strengths, colour statistics.
+    img = _Draws(_fold_in_range(k_img, total), batched=True, ws=(n_layers, _W_DIM),
+                 strength=(n_conv,), mean=(3,), std=(3,))
+    ws = jax.nn.leaky_relu(img.normal("ws"), 0.2)
+    styles = jnp.einsum("tlw,lwc->tlc", ws, net.normal("affine") / math.sqrt(_W_DIM)) + 1.0
 
-    total = n_groups * group_size
-    ws, strength, mean, std = jax.vmap(per_image)(jnp.arange(total))
+    # Filters: each input channel's from the first n ~ U{5..40} of a random order of the bank.
+    pick = grp.integers("pick", 0, grp.integers("n", 5, 41))  # (groups, layers, cmax)
+    filters = jnp.asarray(_FILTER_BANK)[
+        jnp.take_along_axis(grp.permutation("order"), pick, axis=-1)]  # (.., cmax, 9)
+    weight = styles[:, :n_conv, :, None] * filters[group_of] * in_mask[None, :, :, None]
+    demod = jax.lax.rsqrt(jnp.sum(weight ** 2, axis=(2, 3)) + 1e-8)  # (total, layers)
+    # Each conv's output channels sorted by their knot, -bias (for `_relu_contract`).
+    knots = -grp.uniform("bias", -0.2, 0.2)  # (groups, n_conv, cmax)
+    by_knot = jnp.argsort(knots, axis=-1)
+    conv_w = weight * demod[:, :, None, None]  # (total, n_conv, cmax, 9)
+    rgb_w = styles[:, n_conv:, :, None] * grp.normal("rgb")[group_of] * rgb_mask[:, :, None]
+    # Who reads conv i's output channels: conv i + 1 (9 taps; none after the last) and,
+    # for the last conv of block j (i = 2j), ToRGB j (3 columns).
+    next_w = jnp.concatenate([conv_w[:, 1:], jnp.zeros_like(conv_w[:, :1])], axis=1)
+    rgb_cols = jnp.zeros(conv_w.shape[:3] + (3,)).at[:, 0::2].set(rgb_w)
+    readers = jnp.concatenate([next_w, rgb_cols], axis=-1)  # (total, n_conv, cmax, 12)
+    readers = jnp.take_along_axis(readers, by_knot[group_of][..., None], axis=2)
+    knots = jnp.take_along_axis(knots, by_knot, -1)[group_of]
+    sign = jnp.take_along_axis(grp.sign("sign"), by_knot, -1)[group_of]
+    # Everything per image (leading axis `total`), to be cut into chunks.
+    per_image = dict(first_w=conv_w[:, 0, :widths[4]], knots=knots,
+                     tables=_prefix_tables(knots, sign, readers),  # (.., cmax + 1, 48)
+                     strength=img.uniform("strength", 0.0, max_noise), noise={})
+    # One pink-noise map per group, box-downsampled to each resolution.
+    envelope = jax.vmap(lambda e: jax.image.resize(e, (gen_res, gen_res), "lanczos3"))(
+        _laplace(grp.uniform("envelope")))
+    noise = jax.vmap(_pink_noise)(grp.uniform("phase", 0.0, 2 * jnp.pi),
+                                  grp.uniform("alpha", 0.5, 1.5), envelope)
+    for r in reversed(res_list):
+        per_image["noise"][r] = noise[group_of]
+        noise = noise.reshape(n_groups, r // 2, 2, r // 2, 2).mean((2, 4)) if r > 4 else noise
+    const = net.normal("const")
 
-    def per_group(g, ws_g, strength_g):
-        params = _sample_network(jax.random.fold_in(k_net, g), widths)
-        return _synthesize_group(params, ws_g, noise_maps, strength_g)
+    def synthesize(p):
+        def read(m, i):  # conv i's map -> its readers' (B, H, W, 12): 9 taps and RGB
+            noise_ = p["strength"][:, i, None, None] * p["noise"][convs[i][0]]
+            return _relu_contract(m, noise_, p["knots"][:, i], p["tables"][:, i])
 
-    imgs = jax.vmap(per_group)(
-        jnp.arange(n_groups), ws.reshape(n_groups, group_size, n_layers, _W_DIM),
-        strength.reshape(n_groups, group_size))
-    imgs = imgs.reshape(total, gen_res, gen_res, 3)[:batch_size]
-    mu = imgs.mean(axis=(1, 2), keepdims=True)
-    sd = imgs.std(axis=(1, 2), keepdims=True)
-    imgs = (imgs - mu) / (sd + 1e-8)
-    imgs = imgs * std[:batch_size, None, None, :] + mean[:batch_size, None, None, :]
-    return _finish(imgs)
+        m = _taps(jnp.einsum("hwc,bck->bhwk", const, p["first_w"]), up=False)  # conv 0
+        out = None
+        for j in range(n_rgb):  # block j ends with conv 2j
+            planes = read(m, 2 * j)
+            rgb = planes[..., 9:]
+            out = rgb if out is None else _upsample2x(out) + rgb
+            if j < n_rgb - 1:
+                m = _taps(planes[..., :9], up=True)  # conv 2j + 1, upsampling
+                m = _taps(read(m, 2 * j + 1)[..., :9], up=False)  # conv 2j + 2
+        return out
+
+    if n_chunks == 1:
+        out = synthesize(per_image)
+    else:
+        chunks = jax.tree.map(lambda a: a.reshape((n_chunks, chunk) + a.shape[1:]), per_image)
+        out = jax.lax.map(synthesize, chunks).reshape((total, gen_res, gen_res, 3))
+    out = out[:batch_size]
+    out = (out - out.mean(axis=(1, 2), keepdims=True)) / (out.std(axis=(1, 2), keepdims=True)
+                                                           + 1e-8)
+    mean = jnp.asarray(_RGB_MEAN_MU) + jnp.asarray(_RGB_MEAN_SD) * img.normal("mean")
+    std = jnp.abs(jnp.asarray(_RGB_STD_MU) + jnp.asarray(_RGB_STD_SD) * img.normal("std"))
+    return _finish(out * std[:batch_size, None, None, :] + mean[:batch_size, None, None, :])
 
 
 # --------------------------------------------------------------------------- dead leaves
@@ -407,7 +505,11 @@ def _stylegan_core(key: jax.Array, batch_size: int, gen_res: int, group_size: in
 
 def _dead_leaves_labels(key: jax.Array, batch_size: int, resolution: int, num_shapes: int,
                         shape: str, r_min: float, r_max: float):
-    """Front-to-back painting. Returns (labels (B, H, W) int32, colours (B, L+1, 3))."""
+    """Front-to-back painting. Returns (labels (B, H, W) int32, colours (B, N + 1, 3)).
+
+    labels[b, y, x] is the index of the front-most shape covering the pixel,
+    N = num_shapes (the background layer) where none does.
+    """
     if shape != "mixed" and shape not in DEAD_LEAVES_SHAPES:
         raise ConfigError(f"Expected shape={shape!r} to be 'mixed' or one of "
                           f"{DEAD_LEAVES_SHAPES}.")
@@ -416,90 +518,114 @@ def _dead_leaves_labels(key: jax.Array, batch_size: int, resolution: int, num_sh
     if not isinstance(num_shapes, int) or num_shapes < 0:
         raise ConfigError(f"Expected num_shapes={num_shapes!r} to be an integer >= 0.")
     b, n = batch_size, num_shapes
-    d = _Draws(key, kind=(n, b), radius=(n, b), centre=(n, b, 2), theta=(n, b),
-               aspect=(n, b), angles=(n, b, 4), colours=(b, n + 1, 3))
+    # Shapes per step of the scan: bounds the (B, chunk, H, W) temporaries where XLA
+    # does not fuse the reduction (CPU); a GPU fuses it whatever the chunk.
+    chunk = max(1, min(64, 2 ** 16 // resolution ** 2, n))
+    n_pad = -(-n // chunk) * chunk
+    d = _Draws(key, kind=(b, n_pad), radius=(b, n_pad), centre=(b, n_pad, 2), theta=(b, n_pad),
+               half=(b, n_pad), angles=(b, n_pad, 4), colours=(b, n + 1, 3))
     if shape == "mixed":
         kind = d.integers("kind", 0, len(DEAD_LEAVES_SHAPES))
     else:
-        kind = jnp.full((n, b), DEAD_LEAVES_SHAPES.index(shape))
-    # Inverse CDF of p(r) ∝ r^-3 on [r_min, r_max].
+        kind = jnp.full((b, n_pad), DEAD_LEAVES_SHAPES.index(shape))
+    # Inverse CDF of p(r) ∝ r^-3 on [r_min, r_max], in pixels.
     u = d.uniform("radius")
-    radius = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
-    centre = d.uniform("centre")
-    theta = d.uniform("theta", 0.0, 2 * jnp.pi)
-    theta = jnp.where((kind == 1) | (kind == 3), 0.0, theta)  # square, rectangle: axis-aligned
-    half_h = jnp.where(kind == 3, d.uniform("aspect", 0.25, 1.0), 1.0)
-    angles = jnp.sort(d.uniform("angles", 0.0, 2 * jnp.pi), axis=-1)
-    angles = jnp.where((kind == 4)[..., None] & (jnp.arange(4) == 3), angles[..., 2:3], angles)
-    colours = d.uniform("colours")
+    radius = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5 * resolution
+    radius = jnp.where(jnp.arange(n_pad) < n, radius, -1.0)  # padding shapes cover nothing
+    centre = d.uniform("centre", 0.0, resolution)
+    # Every shape but the circle is a convex polygon inscribed in the circle of radius r,
+    # given by 4 vertex angles in counter-clockwise order (a triangle repeats one).
+    quarter = jnp.pi / 2 * jnp.arange(4)
+    theta = jnp.where(kind == 2, d.uniform("theta", 0.0, 2 * jnp.pi), 0.0)[..., None]
+    square = theta + jnp.pi / 4 + quarter  # half side r/√2; kind 2 rotated
+    a = d.uniform("half", 0.0, jnp.pi / 2)[..., None]  # half sides r·cos a, r·sin a
+    rectangle = jnp.concatenate([a, jnp.pi - a, jnp.pi + a, 2 * jnp.pi - a], axis=-1)
+    polygon = jnp.sort(d.uniform("angles", 0.0, 2 * jnp.pi), axis=-1)
+    triangle = polygon.at[..., 3].set(polygon[..., 2])
+    k = kind[..., None]
+    angles = jnp.where(k <= 2, square, jnp.where(k == 3, rectangle,
+                                                 jnp.where(k == 4, triangle, polygon)))
+    vx = centre[..., 0:1] + radius[..., None] * jnp.cos(angles)  # (B, N, 4)
+    vy = centre[..., 1:2] + radius[..., None] * jnp.sin(angles)
+    ex, ey = jnp.roll(vx, -1, axis=-1) - vx, jnp.roll(vy, -1, axis=-1) - vy
+    # Inside edge e: ex·(py - vy) - ey·(px - vx) >= 0; circles get always-true edges.
+    is_circle = (kind == 0)[..., None]
+    ea = jnp.where(is_circle, 0.0, -ey)
+    eb = jnp.where(is_circle, 0.0, ex)
+    ec = jnp.where(is_circle, 1.0, ey * vx - ex * vy)
+    r2 = jnp.where(radius > 0, radius ** 2, -1.0)
 
-    coords = (jnp.arange(resolution, dtype=jnp.float32) + 0.5) / resolution
-    py, px = coords[:, None], coords[None, :]
+    coords = jnp.arange(resolution, dtype=jnp.float32) + 0.5
+
+    def to_chunks(x):  # (B, N_pad, ...) -> (N_pad / chunk, B, chunk, ...)
+        x = x.reshape((b, n_pad // chunk, chunk) + x.shape[2:])
+        return jnp.moveaxis(x, 1, 0)
 
     def paint(labels, xs):
-        i, kind_i, r, c, t, hh, ang = xs
-        dx = (px[None] - c[:, 0, None, None]) / r[:, None, None]
-        dy = (py[None] - c[:, 1, None, None]) / r[:, None, None]
-        cos, sin = jnp.cos(t)[:, None, None], jnp.sin(t)[:, None, None]
-        u_, v_ = cos * dx + sin * dy, -sin * dx + cos * dy
-        circle = dx ** 2 + dy ** 2 <= 1.0
-        box = (jnp.abs(u_) <= 1.0) & (jnp.abs(v_) <= hh[:, None, None])
-        vx, vy = jnp.cos(ang)[:, :, None, None], jnp.sin(ang)[:, :, None, None]
-        polygon = circle  # vertices lie on the unit circle, so the polygon is inside it
-        for e in range(4):  # left of every edge of the counter-clockwise polygon
-            ex, ey = vx[:, (e + 1) % 4] - vx[:, e], vy[:, (e + 1) % 4] - vy[:, e]
-            polygon &= ex * (dy - vy[:, e]) - ey * (dx - vx[:, e]) >= 0
-        k3 = kind_i[:, None, None]
-        inside = jnp.where(k3 == 0, circle, jnp.where(k3 >= 4, polygon, box))
-        return jnp.where((labels < 0) & inside, i, labels), None
+        index, cx, cy, rr, ea_, eb_, ec_ = xs
+        px = coords[None, None, None, :]  # (1, 1, 1, W)
+        py = coords[None, None, :, None]  # (1, 1, H, 1)
+        inside = ((px - cx[..., None, None]) ** 2 + (py - cy[..., None, None]) ** 2
+                  <= rr[..., None, None])
+        for e in range(4):
+            inside &= (ea_[..., e, None, None] * px + eb_[..., e, None, None] * py
+                       + ec_[..., e, None, None] >= 0)
+        front = jnp.min(jnp.where(inside, index[:, :, None, None], n), axis=1)
+        return jnp.minimum(labels, front), None
 
-    labels0 = jnp.full((b, resolution, resolution), -1, jnp.int32)
-    labels, _ = jax.lax.scan(paint, labels0, (jnp.arange(n, dtype=jnp.int32), kind, radius,
-                                              centre, theta, half_h, angles))
-    return labels, colours
+    index = jnp.broadcast_to(jnp.arange(n_pad, dtype=jnp.int32), (b, n_pad))
+    labels0 = jnp.full((b, resolution, resolution), n, jnp.int32)
+    if n == 0:
+        return labels0, d.uniform("colours")
+    labels, _ = jax.lax.scan(paint, labels0, tuple(to_chunks(x) for x in (
+        index, centre[..., 0], centre[..., 1], r2, ea, eb, ec)))
+    return labels, d.uniform("colours")
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "resolution", "num_shapes", "shape",
                                              "r_min", "r_max"))
 def dead_leaves_layers(key: jax.Array, batch_size: int, resolution: int, *,
-                       num_shapes: int = 256, shape: str = "mixed", r_min: float = 0.03,
+                       num_shapes: int = 1024, shape: str = "mixed", r_min: float = 0.03,
                        r_max: float = 1.0) -> jax.Array:
-    """Which layer painted each pixel of `dead_leaves` (same key, same options).
+    """Which layer paints each pixel of `dead_leaves` (same key and options).
 
     Returns int32 (batch_size, resolution, resolution): the index in
-    [0, num_shapes) of the front-most shape covering the pixel, `num_shapes`
-    where only the background layer does, and -1 where nothing does (never:
-    the background covers everything). Use it to check coverage or to measure
-    how much of the image the shapes alone cover.
+    [0, num_shapes) of the front-most shape covering the pixel, or
+    `num_shapes` where only the background layer does. Every pixel gets a
+    layer: that is the coverage guarantee. `layers < num_shapes` is the
+    coverage by the shapes alone.
     """
     _check_shape_args(batch_size, resolution)
     labels, _ = _dead_leaves_labels(key, batch_size, resolution, num_shapes, shape, r_min, r_max)
-    return jnp.where(labels < 0, num_shapes, labels)
+    return labels
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "resolution", "num_shapes", "shape",
                                              "r_min", "r_max"))
-def dead_leaves(key: jax.Array, batch_size: int, resolution: int, *, num_shapes: int = 256,
+def dead_leaves(key: jax.Array, batch_size: int, resolution: int, *, num_shapes: int = 1024,
                 shape: str = "mixed", r_min: float = 0.03, r_max: float = 1.0) -> jax.Array:
     """Dead-leaves images (Baradad et al. 2021, after Lee, Mumford & Huang 2001).
 
-    Shapes of radius r·resolution with p(r) ∝ r^-3 on [r_min, r_max], uniform
-    centre in the image and uniform RGB colour, painted front to back: a
+    Shapes of radius r·resolution with p(r) ∝ r^-3 on [r_min, r_max], centre
+    uniform in the image and a uniform RGB colour, painted front to back: a
     pixel takes the colour of the first shape that covers it. `shape` is one
-    of `DEAD_LEAVES_SHAPES` or "mixed" (uniform per shape): circle; square
-    and rectangle (half sides r and r·U(0.25, 1)), axis-aligned; rotated
-    square; triangle and quadrilateral with vertices at random angles on the
-    circle of radius r.
+    of `DEAD_LEAVES_SHAPES` or "mixed" (uniform per shape). As in the
+    reference code, all shapes but the circle are inscribed in the circle of
+    radius r: an axis-aligned square (half side r/√2); a square rotated by
+    U(0, 2π); an axis-aligned rectangle with half sides r·cos a, r·sin a,
+    a ~ U(0, π/2); a triangle and a quadrilateral with vertices at uniform
+    angles on the circle.
 
-    Baradad et al. paint until every pixel is covered, an unbounded loop.
-    Here a fixed `num_shapes` layers are painted (static shapes, jittable),
-    followed by one background layer of a random uniform colour under
-    everything, so every pixel is covered by construction. With the defaults
-    (256 shapes, r on [0.03, 1]) the shapes alone cover about 95% of the
-    image (measured at 32 and 224 px), so the background shows only in
-    gaps, as one more large leaf at the back would; raise `num_shapes` to
-    shrink them (512 shapes: about 99.7%) at a proportional cost.
-    `dead_leaves_layers` returns the layer map.
+    Coverage. Baradad et al. paint until every pixel is covered, an
+    unbounded loop. Here a fixed `num_shapes` layers are painted (static
+    shapes, jittable) and one more layer, a uniform random colour under
+    everything, covers whatever they leave, so every pixel is covered by
+    construction (`dead_leaves_layers` returns the layer map). It acts as
+    one more, infinitely large leaf at the back. The shapes alone cover
+    about 99.5% of the interior with the default 512 shapes, less in the
+    corners, which fewer shapes reach (measured in the tests' module
+    docstring); raise `num_shapes` to shrink the gaps, at a proportional
+    cost.
 
     Returns:
       float32 (batch_size, resolution, resolution, 3) in [0, 1].
@@ -507,73 +633,102 @@ def dead_leaves(key: jax.Array, batch_size: int, resolution: int, *, num_shapes:
     _check_shape_args(batch_size, resolution)
     labels, colours = _dead_leaves_labels(key, batch_size, resolution, num_shapes, shape,
                                           r_min, r_max)
-    labels = jnp.where(labels < 0, num_shapes, labels)
-    imgs = jax.vmap(lambda c, lab: c[lab])(colours, labels)
-    return _finish(imgs)
+    return _finish(jax.vmap(lambda c, lab: c[lab])(colours, labels))
 
 
 # --------------------------------------------------------------------------- spectrum
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "resolution"))
+def _random_rotation(q: jax.Array) -> jax.Array:
+    """A uniformly random 3x3 rotation from 4 standard normals (a random unit quaternion)."""
+    w, x, y, z = q / jnp.linalg.norm(q)
+    return jnp.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
 def spectrum(key: jax.Array, batch_size: int, resolution: int, *,
              s_range: tuple[float, float] = (0.5, 3.5), s_jitter: float = 0.05,
-             contrast: tuple[float, float] = (0.1, 0.2)) -> jax.Array:
+             colour_offset: float = 1.0) -> jax.Array:
     """Random-phase images with a power-law spectrum (Baradad et al. 2021).
 
-    Amplitude 1/(|fx|^sx + |fy|^sy) (zero at DC) with s ~ U(s_range) per image
-    and sx, sy = s + N(0, s_jitter²) each; its radially averaged power falls
-    as f^(-2s) when sx = sy = s. Three fields with independent uniform phases
-    share the amplitude; a random 3x3 colour matrix mixes them, each channel
-    is standardised and mapped to mean ~ U(0.3, 0.7) and std ~ U(contrast),
-    then clipped to [0, 1].
+    Amplitude 1/(|fx|^sx + |fy|^sy) (zero at DC) with s ~ U(s_range) per
+    image and sx, sy = s ± δ, δ ~ N(0, s_jitter²); its radially averaged
+    power falls as f^(-2s) when sx = sy = s. Three fields with independent
+    uniform phases share the amplitude; as in the reference, they are
+    standardised, mixed by a random rotation of colour space, offset by a
+    random mean colour (U(-colour_offset, colour_offset) per channel, in
+    units of the fields' std) and the whole image is stretched to [0, 1]
+    (min to 0, max to 1).
 
     Returns:
       float32 (batch_size, resolution, resolution, 3) in [0, 1].
     """
     _check_shape_args(batch_size, resolution)
+    _check_range("s_range", s_range, 0.0, 10.0)
+    for name, value in (("s_jitter", s_jitter), ("colour_offset", colour_offset)):
+        if not 0.0 <= value <= 10.0:
+            raise ConfigError(f"Expected {name}={value!r} in [0, 10].")
+    return _spectrum_core(key, batch_size, resolution, tuple(map(float, s_range)),
+                          float(s_jitter), float(colour_offset))
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "resolution"))
+def _spectrum_core(key: jax.Array, batch_size: int, resolution: int,
+                   s_range: tuple[float, float], s_jitter: float,
+                   colour_offset: float) -> jax.Array:
     f = jnp.fft.fftfreq(resolution)
     afx, afy = jnp.abs(f)[None, :], jnp.abs(f)[:, None]
     dc = (afx == 0) & (afy == 0)
 
     def one(k):
-        d = _Draws(k, s=(), sxy=(2,), phase=(3, resolution, resolution), mix=(3, 3),
-                   mean=(3,), std=(3,))
+        d = _Draws(k, s=(), delta=(), phase=(3, resolution, resolution), rot=(4,), mean=(3,))
         s = d.uniform("s", s_range[0], s_range[1])
-        sxy = s + s_jitter * d.normal("sxy")
-        denom = jnp.power(afx, sxy[0]) + jnp.power(afy, sxy[1])
+        delta = s_jitter * d.normal("delta")
+        denom = jnp.power(afx, s + delta) + jnp.power(afy, s - delta)
         amp = jnp.where(dc, 0.0, 1.0 / jnp.where(dc, 1.0, denom))
         phase = d.uniform("phase", 0.0, 2 * jnp.pi)
         fields = jnp.real(jnp.fft.ifft2(amp * jnp.exp(1j * phase)))  # (3, H, W)
-        x = jnp.einsum("chw,cd->hwd", fields, d.normal("mix"))
-        x = (x - x.mean((0, 1))) / (x.std((0, 1)) + 1e-8)
-        return x * d.uniform("std", contrast[0], contrast[1]) + d.uniform("mean", 0.3, 0.7)
+        fields = fields / (fields.std(axis=(1, 2), keepdims=True) + 1e-12)
+        x = jnp.einsum("chw,cd->hwd", fields, _random_rotation(d.normal("rot")))
+        x = x + d.uniform("mean", -colour_offset, colour_offset)
+        return (x - x.min()) / (x.max() - x.min() + 1e-12)
 
     return _finish(jax.vmap(one)(jax.random.split(key, batch_size)))
-
 
 # --------------------------------------------------------------------------- CPPN
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "resolution", "hidden", "depth"))
 def cppn(key: jax.Array, batch_size: int, resolution: int, *, hidden: int = 16,
-         depth: int = 4, zoom: tuple[float, float] = (0.5, 3.0)) -> jax.Array:
+         depth: int = 4, zoom: tuple[float, float] = (0.5, 8.0)) -> jax.Array:
     """Random procedural images: a random CPPN over pixel coordinates.
 
     A stand-in for the procedural programs of Shaders21k (Baradad et al.
     2022), which run real GLSL and cannot run in JAX. Each image gets its own
     random MLP (Stanley 2007's compositional pattern-producing network) from
-    (x, y, r) to RGB: coordinates in [-1, 1] scaled by zoom ~ U(zoom), shifted
-    by U(-0.5, 0.5); `depth` hidden layers of `hidden` units, weights
+    (x, y, r) to RGB: coordinates in [-1, 1] scaled by a log-uniform zoom in
+    `zoom` (small: smooth gradients; large: many repetitions) and shifted by
+    U(-0.5, 0.5); `depth` hidden layers of `hidden` units, weights
     N(0, g²/fan_in) with gain g ~ U(1, 4) per layer, biases N(0, 1), and an
     activation per unit drawn from sin, tanh and a Gaussian exp(-h²); a
     sigmoid output layer, then each channel is stretched to its own random
-    range inside [0, 1].
+    range, at least 0.5 wide, inside [0, 1].
 
     Returns:
       float32 (batch_size, resolution, resolution, 3) in [0, 1].
     """
     _check_shape_args(batch_size, resolution)
+    for name, value in (("hidden", hidden), ("depth", depth)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"Expected {name}={value!r} to be an integer >= 1.")
+    _check_range("zoom", zoom, 1e-3, 1e3)
+    return _cppn_core(key, batch_size, resolution, hidden, depth, tuple(map(float, zoom)))
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "resolution", "hidden", "depth"))
+def _cppn_core(key: jax.Array, batch_size: int, resolution: int, hidden: int, depth: int,
+               zoom: tuple[float, float]) -> jax.Array:
     t = (jnp.arange(resolution, dtype=jnp.float32) + 0.5) / resolution * 2 - 1
     yy, xx = jnp.meshgrid(t, t, indexing="ij")
 
@@ -581,7 +736,7 @@ def cppn(key: jax.Array, batch_size: int, resolution: int, *, hidden: int = 16,
         d = _Draws(k, zoom=(), shift=(2,), weights=(depth, max(hidden, 3), hidden),
                    biases=(depth, hidden), gains=(depth,), acts=(depth, hidden),
                    w_out=(hidden, 3), ends=(2, 3))
-        zoom_ = d.uniform("zoom", zoom[0], zoom[1])
+        zoom_ = jnp.exp(d.uniform("zoom", jnp.log(zoom[0]), jnp.log(zoom[1])))
         shift = d.uniform("shift", -0.5, 0.5)
         weights, biases = d.normal("weights"), d.normal("biases")
         gains = d.uniform("gains", 1.0, 4.0)
@@ -599,7 +754,8 @@ def cppn(key: jax.Array, batch_size: int, resolution: int, *, hidden: int = 16,
         lo, hi = rgb.min((0, 1)), rgb.max((0, 1))
         rgb = (rgb - lo) / (hi - lo + 1e-6)
         ends = jnp.sort(d.uniform("ends"), axis=0)
-        ends = ends.at[1].set(jnp.maximum(ends[1], ends[0] + 0.3))
+        ends = ends.at[0].set(ends[0] * 0.5)
+        ends = ends.at[1].set(jnp.maximum(ends[1], ends[0] + 0.5))
         return ends[0] + rgb * (ends[1] - ends[0])
 
     return _finish(jax.vmap(one)(jax.random.split(key, batch_size)))

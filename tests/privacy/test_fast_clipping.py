@@ -69,12 +69,10 @@ def _compare(name, batch=3, num_views=1, size=8, clip_norm=1.0, method="auto", t
 # Dense, plain conv + GroupNorm, WS conv; K = 1 and K = 3; each norm form.
 @pytest.mark.parametrize("name,num_views,method,kwargs", [
     ("mlp", 1, "auto", dict(channels=1, depth=2, width=16)),
-    ("mlp", 3, "ghost", dict(channels=1, depth=1, width=16)),
     ("small_cnn", 1, "auto", dict(width=8, weight_standardization=False)),
-    ("small_cnn", 3, "ghost", dict(width=8, weight_standardization=False)),
-    ("small_cnn", 1, "direct", dict(width=8, weight_standardization=True)),
+    ("small_cnn", 3, "direct", dict(width=8, weight_standardization=False)),
     ("small_cnn", 3, "ghost", dict(width=8, weight_standardization=True)),
-    ("small_cnn", 3, "auto", dict(width=8, weight_standardization=True)),
+    ("small_cnn", 3, "direct", dict(width=8, weight_standardization=True)),
     ("small_cnn", 2, "vmap", dict(width=8, weight_standardization=True)),
 ])
 def test_matches_vmap_per_layer_type(name, num_views, method, kwargs):
@@ -83,7 +81,7 @@ def test_matches_vmap_per_layer_type(name, num_views, method, kwargs):
 
 @pytest.mark.parametrize("ws,norm", [(True, "group"), (False, "batch_frozen")])
 def test_resnet18(ws, norm):
-    _compare("resnet18", batch=2, num_views=1 + ws, size=8, width=4, groups=2, small_input=True,
+    _compare("resnet18", batch=2, num_views=1, size=8, width=4, groups=2, small_input=True,
              weight_standardization=ws, norm=norm)
 
 
@@ -144,8 +142,8 @@ def test_each_clipped_contribution_at_most_c():
 def test_frozen_parameters_are_not_clipped_over():
     model, params, extra, inputs, labels, mask = _setup("small_cnn", 3, 1, 8, width=8)
     probe = lambda path: path.startswith("classifier")  # noqa: E731
-    total, norms = fast_clipping.fast_clipped_grad_sum(
-        model, params, extra, inputs, labels, mask, 1.0, 1, is_trainable=probe)
+    total, norms = jax.jit(lambda p: fast_clipping.fast_clipped_grad_sum(
+        model, p, extra, inputs, labels, mask, 1.0, 1, is_trainable=probe))(params)
     head = {"classifier": params["classifier"]}
 
     def loss(p, example):
@@ -154,7 +152,8 @@ def test_frozen_parameters_are_not_clipped_over():
         value = optax.softmax_cross_entropy_with_integer_labels(logits, y[None]).mean()
         return value, value
 
-    ref, ref_norms, _ = clipping.clipped_grad_sum(loss, head, (inputs, labels), mask, 1.0)
+    ref, ref_norms, _ = jax.jit(lambda h: clipping.clipped_grad_sum(
+        loss, h, (inputs, labels), mask, 1.0))(head)
     np.testing.assert_allclose(norms, ref_norms, rtol=1e-4)
     np.testing.assert_allclose(total["classifier"]["kernel"], ref["classifier"]["kernel"],
                                rtol=1e-4, atol=1e-7)

@@ -1,0 +1,170 @@
+"""Examples/s and memory of the gradient step: non-private, vmap DP, fast DP.
+
+Times, in one process and on the same random inputs, the part of a training
+step that differs between the three:
+
+- nonprivate: `jax.grad` of Σ_i ℓ_i over the batch (one batched backward pass);
+- vmap: `clipping.clipped_grad_sum` (per-example gradients by vmap(grad));
+- fast: `fast_clipping.fast_clipped_grad_sum` (one backward pass, per-layer
+  norms from activations and output gradients, weighted contraction).
+
+ℓ_i is the mean cross-entropy over example i's K augmult views (views are
+random tensors here: augmentation costs the same for all three and is left
+out, as are noise and the optimiser update). Reported: examples/s (examples,
+not views), the ratio to the non-private step, XLA's compiled memory estimate
+(arguments + outputs + temporaries) and, where the device reports it, the
+peak device memory (`memory_stats`, a process-wide running peak: each row
+shows the peak after that step's first run, the steps running in the order
+listed). Timed repeats are interleaved across the three steps (median).
+
+    python benchmarks/step_speed.py --model wrn16_4 --batch 256,1024 --augmult 1,16
+    python benchmarks/step_speed.py --model resnet18 --size 224 --batch 64,256
+    python benchmarks/step_speed.py --model wrn16_4 --batch 8 --check   # fast == vmap?
+
+On a CPU use small batches and few repeats (the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dpjax.models import get_model
+from dpjax.privacy import clipping, fast_clipping
+
+STEPS = ("nonprivate", "vmap", "fast")
+MODEL_KWARGS = {
+    "wrn16_4": dict(),
+    "resnet18": dict(norm="group"),
+    "resnet50": dict(norm="group"),
+}
+
+
+def _example_losses(model, params, inputs, labels, num_views):
+    logits = model.apply({"params": params}, inputs)
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.repeat(labels, num_views))
+    return losses.reshape(-1, num_views).mean(1)
+
+
+def make_steps(model, num_views: int, clip_norm: float = 1.0, fast_method: str = "auto"):
+    """{name: jitted f(params, inputs, labels, mask) -> gradient sum} for the three steps."""
+
+    def nonprivate(params, inputs, labels, mask):
+        def loss(p):
+            return jnp.sum(mask * _example_losses(model, p, inputs, labels, num_views))
+        return jax.grad(loss)(params)
+
+    def vmap(params, inputs, labels, mask):
+        views = inputs.reshape((labels.shape[0], num_views) + inputs.shape[1:])
+
+        def loss(p, example):
+            x, y = example
+            value = _example_losses(model, p, x, y[None], num_views)[0]
+            return value, value
+
+        total, norms, _ = clipping.clipped_grad_sum(loss, params, (views, labels), mask,
+                                                    clip_norm)
+        return total, norms
+
+    def fast(params, inputs, labels, mask):
+        return fast_clipping.fast_clipped_grad_sum(model, params, {}, inputs, labels, mask,
+                                                   clip_norm, num_views, method=fast_method)
+
+    return {"nonprivate": jax.jit(nonprivate), "vmap": jax.jit(vmap), "fast": jax.jit(fast)}
+
+
+def _device_peak() -> str:
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return "n/a"
+    return f"{stats['peak_bytes_in_use'] / 2**20:.0f} MiB"
+
+
+def _compiled_bytes(compiled) -> str:
+    try:
+        m = compiled.memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        return f"{total / 2**20:.0f} MiB"
+    except Exception:  # not every backend reports it
+        return "n/a"
+
+
+def bench(model_name: str, batch: int, num_views: int, size: int, dtype, repeats: int,
+          steps=STEPS, fast_method: str = "auto", check: bool = False) -> list[dict]:
+    model = get_model(model_name, 10, dtype=dtype, **MODEL_KWARGS.get(model_name, {}))
+    key = jax.random.key(0)
+    inputs = jax.random.normal(key, (batch * num_views, size, size, 3), jnp.float32)
+    params = model.init(jax.random.key(1), inputs[:1])["params"]
+    labels = jnp.arange(batch, dtype=jnp.int32) % 10
+    mask = jnp.ones((batch,), bool)
+    fns = make_steps(model, num_views, fast_method=fast_method)
+    rows, outputs, compiled, times = [], {}, {}, {name: [] for name in steps}
+    for name in steps:
+        t0 = time.perf_counter()
+        compiled[name] = fns[name].lower(params, inputs, labels, mask).compile()
+        rows.append(dict(model=model_name, batch=batch, augmult=num_views, size=size,
+                         dtype=jnp.dtype(dtype).name, step=name,
+                         compile_s=time.perf_counter() - t0,
+                         compiled_mem=_compiled_bytes(compiled[name])))
+        outputs[name] = jax.block_until_ready(compiled[name](params, inputs, labels, mask))
+        rows[-1]["device_peak"] = _device_peak()
+    # Interleaved repeats, so that a load change on a shared machine hits all steps alike.
+    for _ in range(repeats):
+        for name in steps:
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled[name](params, inputs, labels, mask))
+            times[name].append(time.perf_counter() - t0)
+    for r in rows:
+        r["seconds"] = statistics.median(times[r["step"]])
+        r["examples_per_s"] = batch / r["seconds"]
+    base = next((r["examples_per_s"] for r in rows if r["step"] == "nonprivate"), None)
+    for r in rows:
+        r["ratio"] = r["examples_per_s"] / base if base else float("nan")
+    if check and "vmap" in outputs and "fast" in outputs:
+        (fast_sum, fast_norms), (ref_sum, ref_norms) = outputs["fast"], outputs["vmap"]
+        diff = jax.tree_util.tree_map(lambda a, b: a - b, fast_sum, ref_sum)
+        err = float(clipping.global_norm(diff) / clipping.global_norm(ref_sum))
+        norm_err = float(jnp.max(jnp.abs(fast_norms - ref_norms) / ref_norms))
+        print(f"  check: clipped sum rel. error {err:.2e}, max norm rel. error {norm_err:.2e}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="wrn16_4", choices=sorted(MODEL_KWARGS))
+    parser.add_argument("--batch", default="32", help="comma-separated batch sizes")
+    parser.add_argument("--augmult", default="1", help="comma-separated K values")
+    parser.add_argument("--size", type=int, default=None, help="image side (32 WRN, 224 ResNet)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", default=",".join(STEPS))
+    parser.add_argument("--fast-method", default="auto", choices=fast_clipping.METHODS)
+    parser.add_argument("--check", action="store_true", help="compare fast with vmap")
+    args = parser.parse_args()
+    size = args.size or (32 if args.model.startswith("wrn") else 224)
+    dev = jax.devices()[0]
+    print(f"# {platform.processor() or platform.machine()}, {dev.platform}: {dev.device_kind}; "
+          f"jax {jax.__version__}, numpy {np.__version__}")
+    print("| model | batch | K | dtype | step | ex/s | ratio | compiled mem | device peak |"
+          " compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for batch in map(int, args.batch.split(",")):
+        for k in map(int, args.augmult.split(",")):
+            for r in bench(args.model, batch, k, size, jnp.dtype(args.dtype), args.repeats,
+                           tuple(args.steps.split(",")), args.fast_method, args.check):
+                print(f"| {r['model']}@{r['size']} | {r['batch']} | {r['augmult']} | "
+                      f"{r['dtype']} | {r['step']} | {r['examples_per_s']:.1f} | "
+                      f"{r['ratio']:.3f} | {r['compiled_mem']} | {r['device_peak']} | "
+                      f"{r['compile_s']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
