@@ -16,7 +16,9 @@ Families (`FAMILIES`):
 * ``"stylegan_oriented"``: a randomly initialised StyleGAN2 synthesis network
   (Karras et al. 2020, "Analyzing and Improving the Image Quality of
   StyleGAN") whose 3x3 convolutions are drawn from a bank of 40 oriented
-  filters, as in Baradad et al. (2021); the family DP-RandP uses.
+  filters, as in Baradad et al. (2021); the family DP-RandP uses. Full
+  StyleGAN2 width (512 channels), made cheap by an exact reformulation of
+  its layers (see `stylegan_oriented`).
 * ``"dead_leaves"``: occluding flat shapes with radius law p(r) ∝ r^-3.
 * ``"spectrum"``: random-phase noise with amplitude 1/(|fx|^sx + |fy|^sy).
 * ``"cppn"``: random compositional pattern-producing networks over pixel
@@ -289,11 +291,12 @@ def _relu_contract(m: jax.Array, e: jax.Array, knots: jax.Array,
     b, h, w = m.shape
     k = tables.shape[-1] // 4
     z = jnp.concatenate([(m + e).reshape(b, h * w), (e - m).reshape(b, h * w)], axis=1)
-    below = jax.vmap(jnp.searchsorted)(knots, z)  # (B, 2·H·W): how many knots < z
-    rows = jnp.take_along_axis(tables, below[..., None], axis=1)  # (B, 2·H·W, 4K)
-    z, pos, neg = z[..., None], rows[:, :h * w], rows[:, h * w:]
-    out = (z[:, :h * w] * pos[..., :k] - pos[..., k:2 * k]
-           + z[:, h * w:] * neg[..., 2 * k:3 * k] - neg[..., 3 * k:])
+    below = jax.vmap(jnp.searchsorted)(knots, z)[..., None]  # (B, 2·H·W, 1): knots < z
+    pos = jnp.take_along_axis(tables[..., :2 * k], below[:, :h * w], axis=1)  # (B, H·W, 2K)
+    neg = jnp.take_along_axis(tables[..., 2 * k:], below[:, h * w:], axis=1)
+    z = z[..., None]
+    out = (z[:, :h * w] * pos[..., :k] - pos[..., k:] + z[:, h * w:] * neg[..., :k]
+           - neg[..., k:])
     return (_SQRT2 * out).reshape(b, h, w, k)
 
 
@@ -338,29 +341,36 @@ def stylegan_oriented(key: jax.Array, batch_size: int, resolution: int, *, group
     out, so all output channels equal ±M, one map
     M = Σ_c s_c·(f_c ⋆ x_c) / √(Σ_c s_c²‖f_c‖²). A layer therefore contracts
     its input over channels first, Σ_c s_c·f_c[k]·x_c for the 9 taps k,
-    upsamples those 9 planes when the layer upsamples, sums them shifted
-    (`_taps`), and outputs √2·ReLU(±M + noise + bias_c) for its channels.
-    That is exactly the modulated, demodulated convolution, at O(C) instead
-    of O(C²) work per pixel. Inputs are reflect-padded: StyleGAN's zero
-    padding, untrained, paints a frame around every image. Large batches
-    run in sequential chunks so that no activation tensor exceeds about
-    2^26 elements.
+    upsamples those 9 planes when the layer upsamples and sums them shifted
+    (`_taps`); its channels are x_c = √2·ReLU(±M + noise + bias_c). And as
+    every x_c is a ReLU of one of two scalar maps, the next contraction
+    Σ_c w_c·x_c is a piecewise-linear function of that scalar with a knot
+    per channel, read from prefix sums over the channels sorted by bias
+    (`_relu_contract`). The result is exactly the modulated, demodulated
+    convolution (checked against the dense computation in the tests) at
+    O(log C) work per pixel instead of O(C²), with no C-channel activation
+    in memory. Inputs are reflect-padded: StyleGAN's zero padding,
+    untrained, paints a frame around every image. Large batches at high
+    resolution run in sequential chunks to bound the temporaries.
 
     Widths. `channels` is the width of the layers up to 64x64 (above, it
     halves per doubling; see `stylegan_widths`). The default is StyleGAN2's
-    512: the width sets how coherent the sum over channels is against the
-    biases and the noise, and narrower networks look visibly different
-    (blurrier, noisier, less of the sharp oriented structure). With the
-    O(C) computation the full width is affordable: on a CPU it generates
-    32x32 images about 3x slower than 128 channels
-    (see benchmarks/random_processes_speed.py); at 224x224 it is StyleGAN2's
-    width schedule, 128 channels at 256x256.
+    512. The width matters for the look: it sets how coherent the sum over
+    channels is against the biases and the noise, and narrower networks
+    (64-128 channels, tried at 32 and 128 px) give visibly blurrier,
+    noisier images with less of the sharp, wavy oriented structure. With
+    the computation above the width costs little: the remaining O(C) work
+    is per image and layer (styles, weights, prefix sums), not per pixel,
+    so 512 channels cost about 2-3x 128 on a CPU at 32x32
+    (benchmarks/random_processes_speed.py) and much less than a dense
+    512-channel network, which would cost more than a WRN-16-4 training
+    step per image.
 
     Resolution. The network runs at `network_resolution`, by default the
     power of two >= `resolution`; other resolutions are resized
     (antialiased linear) with `jax.image.resize`. The reference generated
     256x256 images that DP-RandP then cropped and shrank to 32x32; pass
-    network_resolution=256 for that (about 100x the work at 32 px). The
+    network_resolution=256 for that (about 20x the time at 32 px on a CPU). The
     network is one jitted computation per (batch_size, network resolution,
     group_size, channels), shared by all resolutions that round up to the
     same power.
@@ -409,16 +419,17 @@ def _stylegan_core(key: jax.Array, batch_size: int, gen_res: int, group_size: in
     for lo, hi in zip(res_list[:-1], res_list[1:]):
         convs += [(hi, widths[lo], widths[hi]), (hi, widths[hi], widths[hi])]
     n_conv, n_rgb = len(convs), len(res_list)
-    # Images run in n_chunks sequential chunks of `chunk` (padding included).
-    max_chunk = max(1, _MAX_ACTIVATION_ELEMENTS // max(r * r * c for r, c in widths.items()))
+    # Images run in n_chunks sequential chunks of `chunk` (padding included); the largest
+    # temporaries hold about 64 floats per pixel of the last layer.
+    max_chunk = max(1, _MAX_ACTIVATION_ELEMENTS // (64 * gen_res ** 2))
     n_chunks = -(-batch_size // max_chunk)
     chunk = -(-batch_size // n_chunks)
     total = n_chunks * chunk
     n_groups = -(-total // group_size)
     group_of = jnp.arange(total) // group_size
     k_net, k_group, k_img = jax.random.split(key, 3)
-    # All layers are drawn at the widest width `cmax` in one piece each and sliced
-    # (far fewer ops to compile than one piece per layer).
+    # All layers are drawn at the widest width `cmax` in one piece each, channels beyond
+    # a layer's width masked to zero (far fewer ops to compile than a piece per layer).
     cmax, n_layers = max(widths.values()), n_conv + n_rgb
     in_mask = np.arange(cmax)[None, :] < np.array([cin for _, cin, _ in convs])[:, None]
     # ToRGB weight N(0, 1) times StyleGAN2's weight gain 1/√C, zero beyond the width C.
@@ -621,11 +632,13 @@ def dead_leaves(key: jax.Array, batch_size: int, resolution: int, *, num_shapes:
     shapes, jittable) and one more layer, a uniform random colour under
     everything, covers whatever they leave, so every pixel is covered by
     construction (`dead_leaves_layers` returns the layer map). It acts as
-    one more, infinitely large leaf at the back. The shapes alone cover
-    about 99.5% of the interior with the default 512 shapes, less in the
-    corners, which fewer shapes reach (measured in the tests' module
-    docstring); raise `num_shapes` to shrink the gaps, at a proportional
-    cost.
+    one more, infinitely large leaf at the back. With the default 1024
+    shapes the shapes alone cover 99.94% of the pixels (measured at 32 and
+    224 px; 99.5% in the corners, which fewer shapes reach; 98% with 512
+    shapes, 88% with 256), so the background shows only in rare specks;
+    raise `num_shapes` to shrink them, at a proportional cost. The painting
+    is a min-reduction over the shapes, in chunks (no sequential loop over
+    single shapes).
 
     Returns:
       float32 (batch_size, resolution, resolution, 3) in [0, 1].
@@ -764,8 +777,6 @@ def _cppn_core(key: jax.Array, batch_size: int, resolution: int, hidden: int, de
 # --------------------------------------------------------------------------- mixed
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "resolution", "families",
-                                             "mixup_prob"))
 def mixed(key: jax.Array, batch_size: int, resolution: int, *,
           families: tuple[str, ...] = BASE_FAMILIES, mixup_prob: float = 0.0) -> jax.Array:
     """Each image from a random family; with probability `mixup_prob` mixed up.
@@ -777,6 +788,9 @@ def mixed(key: jax.Array, batch_size: int, resolution: int, *,
     a second batch is drawn the same way and, for a random subset of images
     (probability `mixup_prob` each), the output is λ·a + (1 − λ)·b with
     λ ~ U(0, 1); the others keep λ = 1. Sub-families use their defaults.
+    Not jitted as a whole: the families' own jitted functions run (and are
+    compiled) as when called alone, and under an outer `jax.jit` it all
+    traces into one computation.
 
     Returns:
       float32 (batch_size, resolution, resolution, 3) in [0, 1].
@@ -790,21 +804,28 @@ def mixed(key: jax.Array, batch_size: int, resolution: int, *,
     if not 0.0 <= mixup_prob <= 1.0:
         raise ConfigError(f"Expected mixup_prob={mixup_prob} in [0, 1].")
 
+    counts = [batch_size // len(families) + (i < batch_size % len(families))
+              for i in range(len(families))]
+
     def draw(k):
-        k_perm, *k_fam = jax.random.split(k, 1 + len(families))
-        order = _Draws(k_perm, order=(batch_size,)).permutation("order")
-        counts = [batch_size // len(families) + (i < batch_size % len(families))
-                  for i in range(len(families))]
-        parts = [_FAMILY_FNS[f](kf, c, resolution)
-                 for f, kf, c in zip(families, k_fam, counts) if c > 0]
-        return jnp.concatenate(parts)[order]
+        k_fam = jax.random.split(k, len(families))
+        return [_FAMILY_FNS[f](kf, c, resolution)
+                for f, kf, c in zip(families, k_fam, counts) if c > 0]
 
     k_a, k_b, k_mix = jax.random.split(key, 3)
-    out = draw(k_a)
-    if mixup_prob > 0:
-        d = _Draws(k_mix, lam=(batch_size, 1, 1, 1), mix=(batch_size, 1, 1, 1))
+    return _mix(k_mix, draw(k_a), draw(k_b) if mixup_prob > 0 else None, mixup_prob)
+
+
+@functools.partial(jax.jit, static_argnames=("mixup_prob",))
+def _mix(key: jax.Array, parts: list[jax.Array], others: list[jax.Array] | None,
+         mixup_prob: float) -> jax.Array:
+    """Shuffle the families' images together; mix up with `others`, shuffled apart."""
+    n = sum(p.shape[0] for p in parts)
+    d = _Draws(key, order=(n,), other_order=(n,), lam=(n, 1, 1, 1), mix=(n, 1, 1, 1))
+    out = jnp.concatenate(parts)[d.permutation("order")]
+    if others is not None:  # a second shuffle, so that families mix with each other
         lam = jnp.where(d.uniform("mix") < mixup_prob, d.uniform("lam"), 1.0)
-        out = lam * out + (1 - lam) * draw(k_b)
+        out = lam * out + (1 - lam) * jnp.concatenate(others)[d.permutation("other_order")]
     return _finish(out)
 
 
