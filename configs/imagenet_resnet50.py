@@ -1,5 +1,9 @@
 """ImageNet, ResNet-50 with GroupNorm and weight standardisation, DP-SGD at scale.
 
+    # ImageNet prepared by TFDS as array_record (tfds build imagenet2012
+    # --manual_dir=<the downloaded tars> --data_dir=/data/tfds --file_format=array_record):
+    sbatch --nodes=4 --gpus-per-node=8 launch/slurm.sbatch \
+        configs/imagenet_resnet50.py:tfds=/data/tfds runs/in_r50_eps8
     # ImageNet as an image folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG), streamed:
     sbatch --nodes=4 --gpus-per-node=8 launch/slurm.sbatch \
         configs/imagenet_resnet50.py:path=/data/imagenet runs/in_r50_eps8
@@ -14,8 +18,9 @@ chosen ε. The step count (`steps`, default 2,500 ≈ 32 epochs) and learning
 rate (4.0) are starting points of ours, not checked against De et al.'s
 appendix; tune them on public data (tuning on the private set costs
 privacy). Images are decoded on demand by worker threads on every host
-(`dataset.streaming`), each host decoding only its rows of each Poisson
-batch, one step ahead of the accelerators.
+(`dataset.streaming`: random access to the TFDS array_record records or to
+the folder's files), each host decoding only its rows of each Poisson batch,
+one step ahead of the accelerators.
 
 `runlocal=True` shrinks it to a smoke run on a CPU (any small folder).
 """
@@ -24,14 +29,20 @@ from dpjax.config import base_config, parse_arg
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, path="", eps=8.0, steps=2500, batch=16384, augmult=4, size=224,
+    args = parse_arg(arg, path="", tfds="", eps=8.0, steps=2500, batch=16384, augmult=4, size=224,
                      workers=16, runlocal=False)
     c = base_config()
     c.name = f"imagenet_resnet50_eps{args.eps:g}"
-    c.dataset.name = "folder"
-    c.dataset.path = args.path
+    if args.tfds:  # TFDS imagenet2012 prepared as array_record under this data_dir
+        c.dataset.name = "tfds"
+        c.dataset.tfds_name = "imagenet2012"
+        c.dataset.data_dir = args.tfds
+        c.dataset.test_split = "validation"
+    else:
+        c.dataset.name = "folder"
+        c.dataset.path = args.path
+        c.dataset.test_split = "val"
     c.dataset.streaming = True
-    c.dataset.test_split = "val"
     c.dataset.image_size = args.size
     c.dataset.num_workers = args.workers
     c.dataset.mean = (0.485, 0.456, 0.406)
@@ -58,7 +69,7 @@ def get_config(arg=None):
     c.checkpoint_every = 20
     c.log_every = 5
     if args.runlocal:
-        c.dataset.test_split = "test"
+        c.dataset.test_split = "validation" if args.tfds else "test"
         c.dataset.image_size = 32
         c.augment.crop_padding = 4
         c.model.name = "small_cnn"

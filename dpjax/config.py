@@ -42,8 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
         split_seed=0,
         on_bad_image="error",   # error | skip (skipped files are counted)
         cache_dir="",           # where decoded arrays are cached ("" = no cache)
-        streaming=False,        # folder data too large for memory: decode batches on demand
-        test_split="test",      # the evaluation folder's name (ImageNet: "val")
+        streaming=False,        # folder or TFDS array_record data too large for memory:
+                                # decode each batch's rows on demand
+        train_split="train",    # TFDS split to train on
+        test_split="test",      # evaluation split / folder (ImageNet: "validation" / "val")
         num_workers=0,          # decoding threads per host (0 = one per core, at most 8)
         mean=(0.5,),            # per-channel normalisation, public constants
         std=(0.5,),

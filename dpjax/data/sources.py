@@ -692,6 +692,22 @@ def load(dataset_config) -> DataSplits:
         return DataSplits(train, test, len(train.class_names), train.class_names,
                           os.path.splitext(os.path.basename(path.rstrip("/")))[0],
                           {"source": path, "streaming": True})
+    if name == "tfds" and get("streaming", False):
+        from dpjax.data import tfds_records
+
+        tfds_name, data_dir = get("tfds_name", ""), get("data_dir", None) or None
+        if not tfds_name:
+            raise ConfigError("dataset.tfds_name is empty: set it to a TFDS name such as "
+                              "imagenet2012.")
+        workers = get("num_workers", 0)
+        train = tfds_records.StreamingTfds(tfds_name, data_dir, get("train_split", "train"),
+                                           image_size or 0, workers)
+        test = tfds_records.StreamingTfds(tfds_name, data_dir, get("test_split", "test"),
+                                          image_size or 0, workers)
+        return DataSplits(train, test, len(train.class_names), train.class_names,
+                          tfds_name.partition(":")[0],
+                          {"source": f"tfds:{tfds_name}", "data_dir": train.folder,
+                           "streaming": True})
     if name == "digits":
         splits = load_digits(get("test_fraction", 0.2), get("split_seed", 0))
     elif name == "tfds":

@@ -77,6 +77,10 @@ class StreamingImageFolder:
                 -1, keepdims=True).astype(np.uint8)
         return arr
 
+    def fetch_examples(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images, int32 labels) of the given files, in order."""
+        return self.fetch(indices), self.labels[np.asarray(indices, np.int64)]
+
     def fetch(self, indices: Sequence[int]) -> np.ndarray:
         """uint8 (len(indices), S, S, C), decoded in parallel, in order."""
         out = np.empty((len(indices),) + tuple(self.image_shape), np.uint8)

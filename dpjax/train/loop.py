@@ -246,11 +246,16 @@ def _master_key(seed: int) -> jax.Array:
 def _replicate(tree):
     """Copies of every leaf on every local device, stacked on a leading axis (pmap layout)."""
     devices = jax.local_devices()
+    return _to_devices(jax.tree_util.tree_map(
+        lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), tree))
+
+
+def _to_devices(tree):
+    """Leaves with a leading local-device axis, one slice per local device (pmap layout)."""
+    devices = jax.local_devices()
     sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), ("d",)),
                                           jax.sharding.PartitionSpec("d"))
-    return jax.tree_util.tree_map(
-        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
-                                 sharding), tree)
+    return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
 
 
 def _unreplicate(tree):
@@ -483,16 +488,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     host_rows = slice(jax.process_index() * local * config.micro_batch_size,
                       (jax.process_index() + 1) * local * config.micro_batch_size)
     if streaming:
-        # Each host decodes only its own rows of each micro-batch, one step ahead.
+        # Each host decodes only its own rows of each micro-batch, one step ahead, and
+        # copies them to its devices in the background (device-side prefetch).
         def host_batches(step: int):
             batch = sampler.batch(step)
             out = []
             for m in range(batch.num_micro_batches):
                 idx, mask = batch.indices[m, host_rows], batch.mask[m, host_rows]
                 images = np.zeros((len(idx),) + image_shape(data.train), np.uint8)
-                images[mask] = data.train.fetch(idx[mask])
-                out.append((images.reshape((local, -1) + images.shape[1:]),
-                            data.train.labels[idx].reshape(local, -1)))
+                labels = np.zeros((len(idx),), np.int32)
+                images[mask], labels[mask] = data.train.fetch_examples(idx[mask])
+                out.append(_to_devices((images.reshape((local, -1) + images.shape[1:]),
+                                        labels.reshape(local, -1))))
             return batch, out
 
         prefetcher = streaming_lib.Prefetcher(host_batches)
