@@ -1,11 +1,16 @@
 """One process of a two-process (or one-process) CPU training run (run as a script).
 
-Usage: python multihost_run.py PROCESS_ID NUM_PROCESSES PORT WORKDIR
+Usage: python multihost_run.py PROCESS_ID NUM_PROCESSES PORT WORKDIR [TFDS_DIR]
+
+With TFDS_DIR the same images are streamed from a TFDS array_record layout
+there (data set "synthetic"), and every call that decodes examples appends
+the indices it fetched to WORKDIR/fetched-PROCESS_ID.txt, one line per call.
 """
 
 import sys
 
 pid, n, port, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+tfds_dir = sys.argv[5] if len(sys.argv) > 5 else ""
 
 from dpjax import distributed  # noqa: E402
 
@@ -30,4 +35,24 @@ c.num_steps = 4
 c.seed = 5
 c.progress_bar = False
 c.checkpoint_every = 2
-loop.train_and_evaluate(c, workdir, data=make_splits(num_train=96, num_test=16, size=8, seed=4))
+if tfds_dir:
+    import os
+
+    from dpjax.data import tfds_records
+
+    c.dataset.name, c.dataset.tfds_name, c.dataset.data_dir = "tfds", "synthetic", tfds_dir
+    c.dataset.streaming, c.dataset.image_size = True, 8
+    fetch = tfds_records.StreamingTfds.fetch_examples
+
+    def logged_fetch(self, indices):
+        if self.split == "train":
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, f"fetched-{pid}.txt"), "a") as f:
+                f.write(" ".join(str(int(i)) for i in indices) + "\n")
+        return fetch(self, indices)
+
+    tfds_records.StreamingTfds.fetch_examples = logged_fetch
+    loop.train_and_evaluate(c, workdir)
+else:
+    loop.train_and_evaluate(c, workdir, data=make_splits(num_train=96, num_test=16, size=8,
+                                                         channels=3, seed=4))
