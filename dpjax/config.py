@@ -124,7 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     c.batch_size = 256          # expected logical batch B (Poisson: q = B / N)
-    c.micro_batch_size = 256    # rows per device per micro-batch (memory knob)
+    c.micro_batch_size = 256    # rows per device per micro-batch (memory knob; 0 = the
+                                # largest that fits, from the compiled step's memory)
     c.augmult = 1               # K augmented views per example, one clipped gradient
     c.num_steps = 100           # private steps (noisy updates)...
     c.num_epochs = 0.0          # ...or, if > 0, this many passes: steps = epochs · N / B
@@ -270,10 +271,11 @@ _CHOICES = {
     "optimizer.name": ("sgd", "momentum", "adam"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
 }
-_POSITIVE_INTS = ("batch_size", "micro_batch_size", "augmult", "num_steps",
+_POSITIVE_INTS = ("batch_size", "augmult", "num_steps",
                   "eval_batch_size", "log_every", "checkpoint_every")
-_NON_NEGATIVE_INTS = ("eval_every", "dataset.image_size", "augment.crop_padding",
-                      "optimizer.warmup_steps", "phases.head_steps", "pretrain.steps")
+_NON_NEGATIVE_INTS = ("micro_batch_size", "eval_every", "dataset.image_size",
+                      "augment.crop_padding", "optimizer.warmup_steps", "phases.head_steps",
+                      "pretrain.steps")
 
 
 def _get(config, dotted: str):

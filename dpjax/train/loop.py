@@ -250,6 +250,41 @@ def _replicate(tree):
         lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), tree))
 
 
+def _auto_micro_batch_size(config, trainable_and_fns, params, data, units, num_devices: int,
+                           streaming: bool) -> int:
+    """micro_batch_size=0: the largest per-device micro-batch the step fits (`train.memory`)."""
+    from dpjax.train import memory
+
+    is_trainable, fns = trainable_and_fns
+    trainable, _ = step_lib.split_params(params, is_trainable)
+    acc = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32), trainable)
+    row = image_shape(data.train) if units is None else (units.shape[1],) + image_shape(
+        data.train)
+    label_row = () if units is None else (units.shape[1],)
+
+    def measure(m: int) -> int:
+        return memory.compiled_bytes(
+            fns.accumulate_one_device, params, acc, step_lib.zero_stats(),
+            jax.ShapeDtypeStruct((m,) + tuple(row), jnp.uint8),
+            jax.ShapeDtypeStruct((m,) + label_row, jnp.int32),
+            jax.ShapeDtypeStruct((m,), jnp.int32), jax.ShapeDtypeStruct((m,), jnp.bool_),
+            jax.random.key(0), jnp.float32(1.0))
+
+    param_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(params))
+    data_bytes = 0 if streaming else data.train.images.nbytes
+    # Beside the step stay the state (params, EMA, optimiser moments) and the data.
+    budget = memory.MEMORY_FRACTION * memory.device_memory_bytes() - 4 * param_bytes - data_bytes
+    cap = -(-config.batch_size // num_devices)
+    m, info = memory.fit_micro_batch_size(measure, budget, cap)
+    if jax.process_count() > 1:  # every host must use the same size
+        from jax.experimental import multihost_utils
+
+        m = int(multihost_utils.broadcast_one_to_all(np.int32(m)))
+    log.info("micro_batch_size=0 (auto): %d per device (%.2f GiB of a %.2f GiB budget)", m,
+             info["bytes"] / 2**30, info["budget"] / 2**30)
+    return m
+
+
 def _to_devices(tree):
     """Leaves with a leading local-device axis, one slice per local device (pmap layout)."""
     devices = jax.local_devices()
@@ -406,7 +441,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                                                     data.train.labels))
         log.info("Local DP: %s", ldp_info["ldp_note"])
     num_devices = jax.device_count()
-    micro_global = config.micro_batch_size * num_devices
 
     # Model and optimiser (one per phase: the trainable set and lr change).
     model, variables, spec = build_model(
@@ -438,6 +472,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                       canaries=audit.canaries if audit else None,
                                       clipping_method=config.privacy.clipping)
         return tx, is_trainable, fns
+
+    micro = config.micro_batch_size or _auto_micro_batch_size(
+        config, phase_parts(0)[1:], params, data, units, num_devices, streaming)
+    micro_global = micro * num_devices
 
     # Workdir and resume.
     config_dict = config.to_dict()
@@ -485,8 +523,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # Device-resident data, replicated on every local device.
     local = jax.local_device_count()
-    host_rows = slice(jax.process_index() * local * config.micro_batch_size,
-                      (jax.process_index() + 1) * local * config.micro_batch_size)
+    host_rows = slice(jax.process_index() * local * micro,
+                      (jax.process_index() + 1) * local * micro)
     if streaming:
         # Each host decodes only its own rows of each micro-batch, one step ahead, and
         # copies them to its devices in the background (device-side prefetch).
@@ -654,6 +692,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         "epsilon_valid_for_sampling": config.privacy.sampling == "poisson",
         "steps": ledger.steps,
         "batch_size": config.batch_size,
+        "micro_batch_size": micro,
         "clip_norm": plan.clip_norm if plan.private else None,
         "augmult": config.augmult,
         "neighbouring": "add_remove",

@@ -306,6 +306,7 @@ class StepFns(NamedTuple):
     accumulate: Callable
     update: Callable
     zeros_like_trainable: Callable
+    accumulate_one_device: Callable  # `accumulate` before pmap (to size its memory)
 
 
 def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransformation, *,
@@ -344,6 +345,7 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
         update=jax.pmap(update, axis_name=AXIS, donate_argnums=(0,),
                         in_axes=(0, 0, 0, None, None, None, None)),
         zeros_like_trainable=jax.pmap(zeros),
+        accumulate_one_device=p_accumulate,
     )
 
 
