@@ -235,12 +235,36 @@ def _conv_sqnorm(x: jax.Array, g: jax.Array, geometry: tuple, batch: int,
     the (B, C, O) block of each kernel offset; the ghost form accumulates the
     patch Gram matrix as a sum over kernel offsets of shifted pixel Grams.
     """
-    windows = [_by_example(w, batch) for w in _shifted_windows(x, geometry, g.shape[1:3])]
+    (kh, kw), (sh, sw), padding = geometry
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
+    xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    ho, wo = g.shape[1:3]
     gb = _by_example(g, batch)
+
+    def window(k):
+        # Kernel offset k's strided view of the input, built one offset at a time (a
+        # loop, not a Python sum, so that only one window is ever in memory).
+        w = jax.lax.dynamic_slice(xp, (0, k // kw, k % kw, 0),
+                                  (xp.shape[0], sh * (ho - 1) + 1, sw * (wo - 1) + 1,
+                                   xp.shape[3]))
+        return _by_example(w[:, ::sh, ::sw], batch)
+
     if method == "ghost":
-        gram_a = sum(_f32dot("btc,bsc->bts", w, w) for w in windows)
+        def add_gram(gram, k):
+            w = window(k)
+            return gram + _f32dot("btc,bsc->bts", w, w), None
+
+        t = gb.shape[1]
+        gram_a, _ = jax.lax.scan(add_gram, jnp.zeros((batch, t, t), jnp.float32),
+                                 jnp.arange(kh * kw))
         return jnp.sum(gram_a * _f32dot("bto,bso->bts", gb, gb), (1, 2))
-    return sum(jnp.sum(jnp.square(_f32dot("btc,bto->bco", w, gb)), (1, 2)) for w in windows)
+
+    def add_block(sq, k):
+        return sq + jnp.sum(jnp.square(_f32dot("btc,bto->bco", window(k), gb)), (1, 2)), None
+
+    sq, _ = jax.lax.scan(add_block, jnp.zeros((batch,), jnp.float32), jnp.arange(kh * kw))
+    return sq
 
 
 def _ws_scale(kernel: jax.Array, eps: float) -> tuple[jax.Array, jax.Array, int]:
@@ -288,6 +312,37 @@ def _per_example_layer_grads(tap: _Tap, layer_vars: dict, x: jax.Array, g: jax.A
     xs = x.reshape((batch, -1) + x.shape[1:])
     gs = g.reshape((batch, -1) + g.shape[1:])
     return jax.vmap(lambda xi, gi: _layer_vjp(tap, layer_vars, xi)(gi)[0])(xs, gs)
+
+
+def _layer_sqnorm(tap: _Tap, layer_vars: dict, x: jax.Array, y: jax.Array, g: jax.Array,
+                  batch: int, method: str, train: dict[str, bool]):
+    """(Per-example squared gradient norm of one layer's trained parameters (B,),
+    per-example gradients when they were formed (the "vmap" kind), else None)."""
+    sq = jnp.zeros((batch,), jnp.float32)
+    if tap.kind == "vmap" or method == "vmap":
+        grads = _per_example_layer_grads(tap, layer_vars, x, g, batch)
+        for name, leaf in grads.items():
+            if train[name]:
+                sq = sq + jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(batch, -1), 1)
+        return sq, grads
+    layer_params = layer_vars["params"]
+    kernel = layer_params["kernel"]
+    p, o = kernel.size // kernel.shape[-1], kernel.shape[-1]
+    positions = g.size // (batch * o)
+    how = _choose(method, batch, positions, p, o)
+    dtype = y.dtype
+    if train.get("kernel", False):
+        if tap.kind == "dense":
+            sq = sq + _dense_sqnorm(_by_example(x.astype(dtype), batch),
+                                    _by_example(g, batch), how)
+        elif tap.kind == "conv":
+            sq = sq + _conv_sqnorm(x.astype(dtype), g, _conv_geometry(tap.module), batch, how)
+        else:
+            sq = sq + _wsconv_sqnorm(x, y, g, tap, layer_params, batch, how)
+    if train.get("bias", False):
+        bias_grad = jnp.sum(_by_example(g, batch).astype(jnp.float32), 1)
+        sq = sq + jnp.sum(jnp.square(bias_grad), 1)
+    return sq, None
 
 
 # --- the whole step --------------------------------------------------------
@@ -359,34 +414,13 @@ def clipped_sum_and_stats(
     per_example = {}
     for path, tap in active.items():
         x, y = records[path]
-        g = out_grads[path]
         layer_vars = _layer_variables(variables, path)
-        layer_params = layer_vars["params"]
-        train = {n: trainable_leaf(path + (n,)) for n in layer_params}
-        if tap.kind == "vmap" or _method_for(method, path) == "vmap":
-            grads = _per_example_layer_grads(tap, layer_vars, x, g, batch)
+        train = {n: trainable_leaf(path + (n,)) for n in layer_vars["params"]}
+        layer_sq, grads = _layer_sqnorm(tap, layer_vars, x, y, out_grads[path], batch,
+                                        _method_for(method, path), train)
+        sq = sq + layer_sq
+        if grads is not None:
             per_example[path] = grads
-            for name, leaf in grads.items():
-                if train[name]:
-                    sq = sq + jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(batch, -1), 1)
-            continue
-        kernel = layer_params["kernel"]
-        p, o = kernel.size // kernel.shape[-1], kernel.shape[-1]
-        positions = g.size // (batch * o)
-        how = _choose(_method_for(method, path), batch, positions, p, o)
-        dtype = y.dtype
-        if train.get("kernel", False):
-            if tap.kind == "dense":
-                sq = sq + _dense_sqnorm(_by_example(x.astype(dtype), batch),
-                                        _by_example(g, batch), how)
-            elif tap.kind == "conv":
-                sq = sq + _conv_sqnorm(x.astype(dtype), g, _conv_geometry(tap.module), batch,
-                                       how)
-            else:
-                sq = sq + _wsconv_sqnorm(x, y, g, tap, layer_params, batch, how)
-        if train.get("bias", False):
-            bias_grad = jnp.sum(_by_example(g, batch).astype(jnp.float32), 1)
-            sq = sq + jnp.sum(jnp.square(bias_grad), 1)
     norms = jnp.sqrt(sq)
 
     # Clipping factors; dropped examples (padding, non-finite) get exactly 0.

@@ -175,3 +175,26 @@ def test_unsupported_layer_is_refused():
     with pytest.raises(NotImplementedError, match="free_scale"):
         fast_clipping.fast_clipped_grad_sum(model, params, {}, x, jnp.zeros(2, jnp.int32),
                                             jnp.ones(2, bool), 1.0, 1)
+
+
+@pytest.mark.parametrize("batch,num_views", [(16, 1), (2, 8)])
+def test_memory_within_one_and_a_half_of_the_non_private_step(batch, num_views):
+    # XLA's plan for the compiled steps (arguments + outputs + temporaries). The
+    # per-offset input windows are built one at a time: as a Python sum of 9 windows
+    # they all lived at once and WRN-16-4 at 4 x 16 needed 3.2x (docs/performance.md).
+    from dpjax.train.memory import compiled_bytes
+
+    model, params, _, inputs, labels, mask = _setup("wrn", batch, num_views, 16, depth=10,
+                                                    width=2, groups=4)
+
+    def nonprivate(p, x):
+        return jax.grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(
+            model.apply({"params": q}, x), jnp.repeat(labels, num_views)).sum())(p)
+
+    def fast(p, x):
+        return fast_clipping.fast_clipped_grad_sum(model, p, {}, x, labels, mask, 1.0,
+                                                   num_views)
+
+    ratio = compiled_bytes(fast, params, inputs) / compiled_bytes(nonprivate, params, inputs)
+    print(f"fast / non-private compiled memory: {ratio:.2f}")
+    assert ratio <= 1.5, ratio
