@@ -139,3 +139,24 @@ def test_fast_clipping_step_equals_vmap_step(augmult, crop):
         updates.append(_update(fns, state, data.images, data.labels, micro=8, sigma=0.0))
     for a, b in zip(*(jax.tree_util.tree_leaves(u) for u in updates)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_accumulator_and_state_buffers_are_donated():
+    # The gradient accumulator, the stats and the training state are donated: each
+    # call reuses their device buffers instead of allocating new ones.
+    model = models.get_model("mlp", 3, width=16)
+    fns = step_lib.build_step_fns(model, step_lib.InputSpec(mean=(0.5,), std=(0.5,)),
+                                  optax.sgd(LR), private=True, ema_decay=0.9)
+    _, state, micro = _setup()
+    rstate = jax.device_put(_replicate(state))
+    acc = fns.zeros_like_trainable(rstate.params)
+    stats = jax.device_put(_replicate(step_lib.zero_stats()))
+    images = np.zeros((1, micro, 8, 8, 1), np.uint8)
+    rows = (np.zeros((1, micro), np.int32), np.arange(micro, dtype=np.int32)[None],
+            np.ones((1, micro), bool))
+    new_acc, new_stats = fns.accumulate(rstate.params, acc, stats, images, *rows,
+                                        jax.random.key(0), C)
+    assert all(x.is_deleted() for x in jax.tree_util.tree_leaves((acc, stats)))
+    new_state, _, _ = fns.update(rstate, new_acc, new_stats, jax.random.key(1), 1.0, C, B)
+    assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(rstate))
+    assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(new_state))
