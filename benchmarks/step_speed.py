@@ -149,6 +149,12 @@ def bench(model_name: str, batch: int, num_views: int, size: int, dtype, repeats
     params = model.init(jax.random.key(1), inputs[:1])["params"]
     labels = jnp.arange(batch, dtype=jnp.int32) % 10
     mask = jnp.ones((batch,), bool)
+    if fast_method == "measured":  # time each layer's norm forms first (not in the rows)
+        fast_method = fast_clipping.measure_norm_methods(model, params, {}, inputs.shape,
+                                                         num_views)
+        print(f"  measured norm forms: {sorted(set(fast_method.values()))} "
+              f"({sum(v == 'ghost' for v in fast_method.values())} ghost of "
+              f"{len(fast_method)})")
     fns = make_steps(model, num_views, fast_method=fast_method)
     rows, outputs, compiled, times = [], {}, {}, {name: [] for name in steps}
     for name in steps:
@@ -201,7 +207,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", default=",".join(STEPS))
-    parser.add_argument("--fast-method", default="auto", choices=fast_clipping.METHODS)
+    parser.add_argument("--fast-method", default="auto",
+                        choices=fast_clipping.METHODS + ("measured",))
     parser.add_argument("--check", action="store_true",
                         help="compare fast (and jax_privacy) with vmap")
     args = parser.parse_args()

@@ -72,6 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
         sampling="poisson",        # poisson | shuffle (shuffle: ε does NOT apply)
         accountant="pld",          # pld | rdp
         clipping="vmap",           # vmap (per-example grads) | fast (ghost/book-keeping)
+        fast_method="auto",        # fast clipping's norm form per layer: auto (fewest
+                                   # operations) | measured (timed here) | direct | ghost
         unit="example",            # example | patient (data with patient ids, e.g. Kermany)
     ))
 
@@ -266,6 +268,7 @@ _CHOICES = {
     "privacy.sampling": ("poisson", "shuffle"),
     "privacy.accountant": ("pld", "rdp"),
     "privacy.clipping": ("vmap", "fast"),
+    "privacy.fast_method": ("auto", "measured", "direct", "ghost"),
     "privacy.unit": ("example", "patient"),
     "pretrain.loss": ("align_uniform", "infonce"),
     "optimizer.name": ("sgd", "momentum", "adam"),

@@ -62,6 +62,7 @@ has to, as the trick is to take each layer apart.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -69,6 +70,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dpjax.models.layers import WSConv
@@ -343,6 +345,66 @@ def _layer_sqnorm(tap: _Tap, layer_vars: dict, x: jax.Array, y: jax.Array, g: ja
         bias_grad = jnp.sum(_by_example(g, batch).astype(jnp.float32), 1)
         sq = sq + jnp.sum(jnp.square(bias_grad), 1)
     return sq, None
+
+
+# --- choosing each layer's form by timing it ----------------------------------
+
+def measure_norm_methods(model: nn.Module, params: PyTree, extra_variables: PyTree,
+                         input_shape: tuple[int, ...], num_views: int = 1, *,
+                         dtype: Any = jnp.float32, repeats: int = 3) -> dict[str, str]:
+    """Per dense/conv layer, the faster norm form ("direct" or "ghost"), timed here.
+
+    The operation counts `_choose` uses ("auto") ignore what the hardware
+    does well: Gram matrices are large, well-shaped matmuls; the direct form
+    is many thin ones. This compiles and times both forms of each layer's
+    per-example norm computation on this device, at the step's shapes
+    (B·K rows of `input_shape`), on random activations and output gradients,
+    and returns {layer path: fastest form} for `method=`. Layers of the same
+    kind and shapes are timed once. A Gram matrix over `GHOST_GRAM_BYTES` is
+    not tried. Runs outside `jit`; it takes two small compiles per distinct
+    layer shape.
+    """
+    import time
+
+    variables = {**(extra_variables or {}), "params": params}
+    taps: dict[Path, _Tap] = {}
+    shapes = jax.eval_shape(
+        lambda v, x: {p: r for p, r in _tapped_apply(model, v, x, None, taps)[1].items()},
+        variables, jax.ShapeDtypeStruct(tuple(input_shape), dtype))
+    batch = input_shape[0] // num_views
+    rng = np.random.default_rng(0)
+    timed: dict[tuple, str] = {}
+    chosen = {}
+    for path, tap in taps.items():
+        if tap.kind not in ("dense", "conv", "wsconv"):
+            continue
+        x_shape, y_shape = shapes[path]
+        layer_vars = _layer_variables(variables, path)
+        kernel = layer_vars["params"]["kernel"]
+        signature = (tap.kind, x_shape.shape, y_shape.shape, kernel.shape,
+                     _conv_geometry(tap.module) if tap.kind != "dense" else None)
+        if signature not in timed:
+            positions = int(np.prod(y_shape.shape)) // (batch * kernel.shape[-1])
+            arrays = [jnp.asarray(rng.normal(size=a.shape), a.dtype)
+                      for a in (x_shape, y_shape, y_shape)]
+            seconds = {}
+            for how in ("direct", "ghost"):
+                if how == "ghost" and 4 * batch * positions ** 2 > GHOST_GRAM_BYTES:
+                    continue
+                fn = jax.jit(functools.partial(
+                    lambda lv, x, y, g, tap, how: _layer_sqnorm(
+                        tap, lv, x, y, g, batch, how, {"kernel": True, "bias": True})[0],
+                    tap=tap, how=how))
+                jax.block_until_ready(fn(layer_vars, *arrays))
+                runs = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    jax.block_until_ready(fn(layer_vars, *arrays))
+                    runs.append(time.perf_counter() - start)
+                seconds[how] = sorted(runs)[len(runs) // 2]
+            timed[signature] = min(seconds, key=seconds.get)
+        chosen["/".join(path)] = timed[signature]
+    return chosen
 
 
 # --- the whole step --------------------------------------------------------

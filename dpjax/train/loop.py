@@ -460,6 +460,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         params, prior_info = priors.load_into(init_from, params)
     predict = step_lib.make_predict(model, spec, extra)
 
+    # Fast clipping's per-layer norm forms ("measured": timed below, once the
+    # micro-batch size is known; until then the counted choice).
+    fast_method = config.privacy.fast_method if config.privacy.fast_method != "measured" \
+        else "auto"
+
     def phase_parts(index: int):
         ph = plan.phases[index]
         is_trainable = is_head_param if ph.trainable == "head" else None
@@ -470,12 +475,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                       is_trainable=is_trainable, ema_decay=config.ema_decay,
                                       ema_warmup=config.ema_warmup, variables_extra=extra,
                                       canaries=audit.canaries if audit else None,
-                                      clipping_method=config.privacy.clipping)
+                                      clipping_method=config.privacy.clipping,
+                                      fast_method=fast_method)
         return tx, is_trainable, fns
 
     micro = config.micro_batch_size or _auto_micro_batch_size(
         config, phase_parts(0)[1:], params, data, units, num_devices, streaming)
     micro_global = micro * num_devices
+    if plan.private and config.privacy.clipping == "fast" \
+            and config.privacy.fast_method == "measured":
+        from dpjax.privacy import fast_clipping
+
+        fast_method = fast_clipping.measure_norm_methods(
+            model, params, extra, (micro * config.augmult,) + image_shape(data.train),
+            config.augmult)
+        log.info("privacy.fast_method=measured: %s", fast_method)
 
     # Workdir and resume.
     config_dict = config.to_dict()

@@ -208,7 +208,7 @@ def accumulate_private(trainable, frozen, acc, stats, images, labels, indices, m
 
 
 def accumulate_private_fast(params, acc, stats, images, labels, indices, mask, key, clip_norm,
-                            *, model, spec, extra, is_trainable):
+                            *, model, spec, extra, is_trainable, method="auto"):
     """Like `accumulate_private`, with norms and the clipped sum from one backward pass.
 
     `dpjax.privacy.fast_clipping` (ghost / book-keeping clipping) never forms
@@ -228,7 +228,7 @@ def accumulate_private_fast(params, acc, stats, images, labels, indices, mask, k
     x = augment.normalize(v.reshape((-1,) + v.shape[2:]), spec.mean, spec.std)
     result = fast_clipping.clipped_sum_and_stats(
         model, params, extra or None, x, labels, mask, clip_norm, v.shape[1],
-        is_trainable=is_trainable)
+        is_trainable=is_trainable, method=method)
     clipped, _ = split_params(result.clipped_sum, is_trainable)
     acc = jax.tree_util.tree_map(lambda a, c: a + c.astype(jnp.float32), acc, clipped)
     m = mask.astype(jnp.float32)
@@ -313,11 +313,13 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
                    private: bool, is_trainable=None, ema_decay: float = 0.0,
                    ema_warmup: bool = False, variables_extra=None,
                    canaries: GradientCanaries | None = None,
-                   clipping_method: str = "vmap") -> StepFns:
+                   clipping_method: str = "vmap",
+                   fast_method: str | dict[str, str] = "auto") -> StepFns:
     """pmapped accumulate/update functions for one model, input spec and optimiser.
 
     `clipping_method`: "vmap" (per-example gradients, the reference) or
-    "fast" (`dpjax.privacy.fast_clipping`, no per-example gradients).
+    "fast" (`dpjax.privacy.fast_clipping`, no per-example gradients), with
+    `fast_method` its per-layer norm form (`fast_clipping`'s `method`).
     """
     loss_fn = make_example_loss(model, spec, variables_extra, canaries)
     accumulate = accumulate_private if private else accumulate_nonprivate
@@ -326,7 +328,8 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
         if private and clipping_method == "fast":
             return accumulate_private_fast(params, acc, stats, images, labels, indices, mask,
                                            key, clip_norm, model=model, spec=spec,
-                                           extra=variables_extra, is_trainable=is_trainable)
+                                           extra=variables_extra, is_trainable=is_trainable,
+                                           method=fast_method)
         trainable, frozen = split_params(params, is_trainable)
         frozen = jax.lax.stop_gradient(frozen)
         return accumulate(trainable, frozen, acc, stats, images, labels, indices, mask, key,

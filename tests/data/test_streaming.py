@@ -81,15 +81,3 @@ def test_random_access_throughput_on_real_jpegs():
     assert images.shape == (2048, 32, 32, 3)
     print(f"random-access decode: {rate:.0f} images/s")
     assert rate > 500
-
-
-def test_imagenet_config_smoke_run_on_a_streamed_folder(tmp_path):
-    from dpjax import config as config_lib
-    from tests.helpers import REPO
-
-    _folder(tmp_path / "d")
-    config = config_lib.load_config(
-        f"{REPO}/configs/imagenet_resnet50.py:path={tmp_path}/d,runlocal=True",
-        ["batch_size=16", "privacy.delta=1e-3", "progress_bar=False"])
-    summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
-    assert summary["steps"] == 3 and summary["num_train"] == 36

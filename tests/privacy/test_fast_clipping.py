@@ -177,8 +177,7 @@ def test_unsupported_layer_is_refused():
                                             jnp.ones(2, bool), 1.0, 1)
 
 
-@pytest.mark.parametrize("batch,num_views", [(16, 1), (2, 8)])
-def test_memory_within_one_and_a_half_of_the_non_private_step(batch, num_views):
+def test_memory_within_one_and_a_half_of_the_non_private_step(batch=2, num_views=8):
     # XLA's plan for the compiled steps (arguments + outputs + temporaries). The
     # per-offset input windows are built one at a time: as a Python sum of 9 windows
     # they all lived at once and WRN-16-4 at 4 x 16 needed 3.2x (docs/performance.md).
@@ -198,3 +197,16 @@ def test_memory_within_one_and_a_half_of_the_non_private_step(batch, num_views):
     ratio = compiled_bytes(fast, params, inputs) / compiled_bytes(nonprivate, params, inputs)
     print(f"fast / non-private compiled memory: {ratio:.2f}")
     assert ratio <= 1.5, ratio
+
+
+def test_measured_norm_forms(monkeypatch):
+    model, params, extra, inputs, labels, mask = _setup("small_cnn", 3, 2, 8, width=8,
+                                                        weight_standardization=True)
+    chosen = fast_clipping.measure_norm_methods(model, params, extra, inputs.shape, 2,
+                                                repeats=1)
+    assert set(chosen) == {"conv0", "conv1", "classifier"}  # not the GroupNorms
+    assert set(chosen.values()) <= {"direct", "ghost"}
+    # (tests/train/test_memory.py trains with a measured choice and compares with vmap.)
+    monkeypatch.setattr(fast_clipping, "GHOST_GRAM_BYTES", 0)  # no Gram fits: all direct
+    assert set(fast_clipping.measure_norm_methods(model, params, extra, inputs.shape, 2,
+                                                  repeats=1).values()) == {"direct"}
