@@ -193,15 +193,20 @@ def test_local_dp_and_clinical_metrics_in_summary(tmp_path):
     assert os.listdir(tmp_path / "ldp_cache")
 
 
-def test_evaluate_command(tmp_path):
-    r = _cli("train", "--workdir", str(tmp_path), "--config", "configs/quickstart.py:steps=3",
-             "--config.model.name=mlp", "--config.progress_bar=False")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = _cli("evaluate", "--workdir", str(tmp_path))
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
+def test_evaluate_command(tmp_path, capsys, monkeypatch):
+    # In-process (`cli.main`), to spare the suite three interpreter starts.
+    from dpjax import cli
+
+    monkeypatch.chdir(REPO)
+    assert cli.main(["train", "--workdir", str(tmp_path), "--config",
+                     "configs/quickstart.py:steps=3", "--config.model.name=mlp",
+                     "--config.progress_bar=False"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["split"] == "test" and out["num_examples"] == 360 and "auroc" in out
-    train = json.loads(_cli("evaluate", "--workdir", str(tmp_path), "--split", "train").stdout)
+    assert cli.main(["evaluate", "--workdir", str(tmp_path), "--split", "train"]) == 0
+    train = json.loads(capsys.readouterr().out)
     assert train["num_examples"] == 1437 and train["not_covered_by_epsilon"] is True
 
 

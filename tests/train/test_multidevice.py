@@ -25,20 +25,16 @@ def _run(n, tmp_path, workdir=None, max_steps=0):
     return [z[k] for k in sorted(z.files) if k.startswith("arr_")], float(z["epsilon"])
 
 
-def test_one_two_and_eight_devices_agree(tmp_path):
-    one, _ = _run(1, tmp_path)
+def test_one_two_and_eight_devices_agree_and_resume_across_counts(tmp_path):
+    # 1, 2 and 8 devices: the same model. Then two steps on one device and the rest
+    # on eight (a resume on another device count): the same model and ε again.
+    one, eps_one = _run(1, tmp_path)
     den = np.sqrt(sum(np.sum(a ** 2) for a in one))
     for n in (2, 8):
         other, _ = _run(n, tmp_path)
         num = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(one, other)))
         assert num / den < 1e-5, (n, num / den)
-
-
-def test_resume_on_a_different_device_count(tmp_path):
-    """Two steps on one device, the rest on eight: the same model as one device throughout."""
-    one, eps_one = _run(1, tmp_path)
     _run(1, tmp_path, workdir=tmp_path / "switch", max_steps=2)
     switched, eps_switched = _run(8, tmp_path, workdir=tmp_path / "switch")
     num = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(one, switched)))
-    den = np.sqrt(sum(np.sum(a ** 2) for a in one))
     assert num / den < 1e-5 and eps_one == eps_switched
