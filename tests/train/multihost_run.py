@@ -22,8 +22,8 @@ from dpjax.train import loop  # noqa: E402
 from tests.helpers import make_splits  # noqa: E402
 
 c = base_config()
-c.model.name = "small_cnn"
-c.model.kwargs.width = 8
+c.model.name = "mlp"  # the multi-host logic is model-agnostic; small compiles keep it fast
+c.model.kwargs.width = 16
 c.privacy.noise_multiplier = 1.0
 c.privacy.delta = 1e-3
 c.batch_size = 24
