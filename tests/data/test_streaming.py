@@ -1,6 +1,5 @@
 """Streaming image folders: the same training run as the in-memory path, and its speed."""
 
-import json
 import os
 import time
 
@@ -8,11 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpjax.config import base_config
 from dpjax.data import sources, streaming
 from dpjax.errors import DataError
-from dpjax.train import loop
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, assert_same_training, small_dp_config
 
 
 def _folder(root, n=12, size=12):
@@ -37,28 +34,11 @@ def test_fetch_matches_in_memory_loader(tmp_path):
 
 def test_streaming_training_equals_in_memory_training(tmp_path):
     _folder(tmp_path / "d")
-
-    def config(stream):
-        c = base_config()
-        c.dataset.name = "folder"
-        c.dataset.path = str(tmp_path / "d")
-        c.dataset.streaming = stream
-        c.model.name = "mlp"
-        c.model.kwargs.width = 16
-        c.privacy.target_epsilon = 2.0
-        c.privacy.delta = 1e-3
-        c.batch_size = 12
-        c.micro_batch_size = 8
-        c.num_steps = 3
-        c.seed = 2
-        c.progress_bar = False
-        return c
-
-    a = loop.train_and_evaluate(config(False), str(tmp_path / "memory"))
-    b = loop.train_and_evaluate(config(True), str(tmp_path / "stream"))
-    assert a["test_accuracy"] == b["test_accuracy"] and a["epsilon"] == b["epsilon"]
-    np.testing.assert_allclose(a["test_probs"], b["test_probs"], rtol=1e-5, atol=1e-6)
-    assert json.load(open(tmp_path / "stream" / "summary.json"))["test_train_overlap"] is None
+    path = str(tmp_path / "d")
+    _, streamed = assert_same_training(small_dp_config(name="folder", path=path),
+                                       small_dp_config(name="folder", path=path,
+                                                       streaming=True), tmp_path)
+    assert streamed["test_train_overlap"] is None
 
 
 def test_missing_split_is_a_clear_error(tmp_path):

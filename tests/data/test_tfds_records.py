@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpjax.config import base_config
 from dpjax.data import tfds_records as tr
 from dpjax.errors import DataError
 from dpjax.train import loop
+from tests.helpers import assert_same_training, small_dp_config
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "tfds")
 
@@ -103,29 +103,10 @@ def test_streamed_tfds_training_equals_in_memory_training(tmp_path):
     np.savez(tmp_path / "same.npz", train_images=x_train, train_labels=y_train,
              test_images=x_test, test_labels=y_test)
 
-    def config(streamed):
-        c = base_config()
-        if streamed:
-            c.dataset.name, c.dataset.tfds_name = "tfds", "toy"
-            c.dataset.data_dir, c.dataset.streaming = str(tmp_path / "tfds"), True
-            c.dataset.image_size = 12
-        else:
-            c.dataset.name, c.dataset.path = "npz", str(tmp_path / "same.npz")
-        c.model.name = "mlp"
-        c.model.kwargs.width = 16
-        c.privacy.target_epsilon = 2.0
-        c.privacy.delta = 1e-3
-        c.batch_size = 12
-        c.micro_batch_size = 8
-        c.num_steps = 3
-        c.seed = 2
-        c.progress_bar = False
-        return c
-
-    a = loop.train_and_evaluate(config(False), str(tmp_path / "memory"))
-    b = loop.train_and_evaluate(config(True), str(tmp_path / "stream"))
-    assert a["epsilon"] == b["epsilon"] and a["test_accuracy"] == b["test_accuracy"]
-    np.testing.assert_allclose(a["test_probs"], b["test_probs"], rtol=1e-5, atol=1e-6)
+    assert_same_training(
+        small_dp_config(name="npz", path=str(tmp_path / "same.npz")),
+        small_dp_config(name="tfds", tfds_name="toy", data_dir=str(tmp_path / "tfds"),
+                        streaming=True, image_size=12), tmp_path)
 
 
 def test_imagenet_config_on_a_tfds_layout(tmp_path):
