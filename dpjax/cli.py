@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     ldp_grid.add_argument("--out", required=True)
     ldp_grid.add_argument("--scales", default="1,2,4", help="Laplace scales β on [0, 1]")
     ldp_grid.add_argument("--num_images", type=int, default=4)
+    ldp_grid.add_argument("--seed", type=int, default=-1,
+                          help="-1 (default): noise from OS entropy, each column its own draw; "
+                               "S >= 0: a fixed seed, for debugging only (anyone who knows S "
+                               "can subtract the noise from the figure)")
 
     generate = sub.add_parser("generate", help="write a grid of random-process samples")
     generate.add_argument("--config", required=True)
@@ -158,18 +162,31 @@ def _cmd_audit(args, overrides) -> int:
 def _cmd_ldp_grid(args, overrides) -> int:
     from dpjax import config as config_lib
     from dpjax.data import sources
-    from dpjax.privacy import ldp
+    from dpjax.privacy import ldp, randomness
 
+    randomness.check_seed("--seed", args.seed)
     config = config_lib.load_config(args.config, overrides)
     data = sources.load(config.dataset)
     scales = [float(s) for s in args.scales.split(",")]
-    grid = ldp.comparison_grid(data.train.images[: args.num_images], scales, config.ldp.seed)
+    images = data.train.images[: args.num_images]
+    if data.info.get(ldp.GREY_TO_RGB_KEY) == "all":
+        images = images[..., :1]  # grey repeated into RGB: perturb the grey value once
+    # Not config.ldp.seed: the figure draws its own noise, from OS entropy
+    # unless --seed fixes it; each column is an independent draw.
+    seed, source = randomness.shared_seed(args.seed)
+    grid = ldp.comparison_grid(images, scales, seed)
+    del seed
     ldp.save_png(args.out, grid)
     for beta in scales:
-        report = ldp.ldp_report(ldp.LaplaceMechanism(beta), data.train.images.shape[1:])
-        print(f"β = {beta:g}: ε per pixel {report['ldp_epsilon_per_pixel']:g}, per image "
-              f"{report['ldp_epsilon_per_image']:g}")
-    print(f"{args.out}: columns original, " + ", ".join(f"β={b:g}" for b in scales))
+        report = ldp.ldp_report(ldp.LaplaceMechanism(beta), images.shape[1:])
+        print(f"β = {beta:g}: ε per value {report['ldp_epsilon_per_value']:g}, per pixel "
+              f"{report['ldp_epsilon_per_pixel']:g}, per image "
+              f"{report['ldp_epsilon_per_image']:g} (labels are not protected)")
+    noise = ("OS entropy, an independent draw per column" if source == "os" else
+             f"FIXED --seed {args.seed} (debugging only: whoever knows it can subtract the "
+             "noise; do not publish this figure as private)")
+    print(f"{args.out}: columns original, " + ", ".join(f"β={b:g}" for b in scales)
+          + f"; noise from {noise}")
     return 0
 
 

@@ -110,11 +110,16 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Local DP (Singh et al. 2020, done properly): before training, every
     # stored value of every training image gets independent Laplace noise of
-    # scale β on [0, 1] (ε = 1/β per value, d/β per image). 0 = off.
+    # scale β on [0, 1] (ε = 1/β per value, C/β per pixel, d/β per image; grey
+    # images repeated into RGB are perturbed once, before the repetition).
+    # Labels are NOT perturbed: local DP does not protect them. 0 = off. The
+    # perturbed set is made once per run and kept in WORKDIR/private/ (private,
+    # like the checkpoints), so a resumed run reuses it.
     c.ldp = ml_collections.ConfigDict(dict(
         scale=0.0,
-        seed=0,
-        cache_dir="",            # where the perturbed training set is cached
+        seed=-1,                 # -1: the noise comes from OS entropy (the default, and the
+                                 # only private choice); >= 0: a fixed seed, a DEBUGGING
+                                 # option only: whoever knows it subtracts the noise exactly
     ))
 
     # Test metrics beyond accuracy (AUROC, balanced accuracy, macro-F1, kappa,
@@ -325,6 +330,12 @@ def validate(config: ml_collections.ConfigDict, choices: dict | None = None) -> 
         raise ConfigError("dataset.mean and dataset.std must have the same length and std > 0.")
     if config.ldp.scale < 0:
         raise ConfigError(f"Expected ldp.scale={config.ldp.scale} >= 0 (0 = no local DP).")
+    ldp_seed = config.ldp.seed
+    if not (isinstance(ldp_seed, int) and not isinstance(ldp_seed, bool)
+            and -1 <= ldp_seed < 2 ** 63):
+        raise ConfigError(f"Expected ldp.seed={ldp_seed!r} to be -1 (OS entropy, the default) "
+                          "or a fixed integer in [0, 2**63) (debugging only: anyone who knows "
+                          "it can subtract the noise).")
     if config.dataset.name in ("npz", "folder", "csv", "kermany") and not config.dataset.path:
         raise ConfigError(f"dataset.path is empty: set it to the {config.dataset.name} data "
                           "(--config.dataset.path=...).")

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""The sweep launcher: a grid of runs over methods, config arguments and seeds.
+"""The sweep launcher: a grid of runs over methods, config arguments and replicates.
 
 Each method is a config (with its own `:key=value` variant arguments); the
-grid adds more variant arguments (`--arg eps=1,2`) and seeds. Every run is a
-`dpjax train` in its own workdir (so a sweep resumes: finished runs are
+grid adds more variant arguments (`--arg eps=1,2`) and replicates. Every run
+is a `dpjax train` in its own workdir (so a sweep resumes: finished runs are
 skipped, interrupted ones resume), and at the end the runs' `summary.json`
-files are gathered into one table, mean ± std over seeds, one column per
-method, as Markdown and CSV.
+files are gathered into one table, mean ± std over replicates, one column
+per method, as Markdown and CSV.
 
-    # DP-RandP against DP-SGD from scratch at the same ε, 3 seeds each:
+    # DP-RandP against DP-SGD from scratch at the same ε, 3 replicates each:
     python launch/sweep.py --workdir runs/randp_vs_scratch \
         --method "DP-SGD from scratch=configs/quickstart.py" \
         --method "DP-RandP=configs/dprandp_quickstart.py" \
@@ -17,6 +17,19 @@ method, as Markdown and CSV.
     # Any config field on the grid, too:
     python launch/sweep.py --workdir runs/clip --method dpsgd=configs/quickstart.py \
         --override privacy.clip_norm=0.5,1,2 --seeds 0,1
+
+Seeds. Every run draws its own seed from OS entropy (`--config.seed=-1`,
+`--config.ldp.seed=-1` on its command line): its Poisson batches, its
+DP-SGD noise and its local-DP Laplace noise are independent of every other
+run's, so each run is an independent release. `--seeds 0,1,2` (alias
+`--replicates`) only LABELS the replicates (run directories `rep=0`, ...;
+the table's mean ± std). `--fixed_seeds` turns the labels into fixed
+`--config.seed=S` (directories `seed=S`): a debugging option. Runs that
+share a fixed seed share their batches and noise draws — two runs that
+differ only in σ give away the noiseless gradient sums — so they are not
+independent releases, and the tables say so. The local-DP seed is never
+fixed by a sweep: the β columns would share one draw, and 2·y₁ − y₂ gives
+the image back.
 
 The ε column is taken from the runs' summaries (the accountant's ε for what
 ran), never recomputed here.
@@ -52,16 +65,41 @@ def _parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
-def _run_dir(workdir: str, method: str, point: dict, seed) -> str:
+# Seed settings a sweep decides itself (see the module docstring).
+_SEED_FIELDS = ("seed", "ldp.seed")
+
+
+def _run_dir(workdir: str, method: str, point: dict, replicate, fixed_seeds: bool) -> str:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in method)
     parts = [f"{k.replace('.', '_')}={v}" for k, v in point.items()]
-    if seed is not None:
-        parts.append(f"seed={seed}")
+    if replicate is not None:
+        parts.append(f"{'seed' if fixed_seeds else 'rep'}={replicate}")
     return os.path.join(workdir, safe, ",".join(parts) or "default")
 
 
-def plan_runs(methods, args_grid, override_grid, seeds, workdir) -> list[dict]:
-    """Every (method, grid point, seed) as {name, spec, overrides, workdir, point, seed}."""
+def check_no_seed_settings(override_grid, extra: Sequence[str] = ()) -> None:
+    """Refuses seeds set through `--override` or extra `--config.` arguments."""
+    keys = [k for k, _ in override_grid]
+    keys += [a[len("--config."):].split("=", 1)[0] for a in extra if a.startswith("--config.")]
+    for key in keys:
+        if key in _SEED_FIELDS:
+            raise SystemExit(f"sweep: {key} is set by the sweep: every run draws its seeds from "
+                             "OS entropy; --fixed_seeds fixes config.seed to the replicate label "
+                             "(debugging); a fixed ldp.seed is for single debugging runs "
+                             "(dpjax train --config.ldp.seed=S), never for a sweep.")
+
+
+def plan_runs(methods, args_grid, override_grid, replicates, workdir,
+              fixed_seeds: bool = False) -> list[dict]:
+    """Every (method, grid point, replicate) as a run dict.
+
+    Keys: method, point, replicate (the label, or None), fixed_seed (the
+    fixed config.seed with `fixed_seeds`, else None: the run draws an OS
+    seed), config, overrides, workdir. Every run gets `--config.ldp.seed=-1`
+    and, unless `fixed_seeds`, `--config.seed=-1`, so a config file's fixed
+    seed cannot make runs share their randomness.
+    """
+    check_no_seed_settings(override_grid)
     runs = []
     keys = [k for k, _ in args_grid] + [k for k, _ in override_grid]
     values = [v for _, v in args_grid] + [v for _, v in override_grid]
@@ -73,13 +111,14 @@ def plan_runs(methods, args_grid, override_grid, seeds, workdir) -> list[dict]:
             path, _, base_args = spec.partition(":")
             all_args = ",".join(a for a in [base_args] + config_args if a)
             overrides = [f"--config.{k}={v}" for k, v in point.items() if k not in arg_keys]
-            for seed in seeds or [None]:
-                seed_override = [f"--config.seed={seed}"] if seed is not None else []
+            for rep in replicates or [None]:
+                fixed = int(rep) if fixed_seeds and rep is not None else None
+                seeds = [f"--config.seed={-1 if fixed is None else fixed}", "--config.ldp.seed=-1"]
                 runs.append({
-                    "method": name, "point": point, "seed": seed,
+                    "method": name, "point": point, "replicate": rep, "fixed_seed": fixed,
                     "config": f"{path}:{all_args}" if all_args else path,
-                    "overrides": overrides + seed_override,
-                    "workdir": _run_dir(workdir, name, point, seed),
+                    "overrides": overrides + seeds,
+                    "workdir": _run_dir(workdir, name, point, rep, fixed_seeds),
                 })
     return runs
 
@@ -117,7 +156,7 @@ def _mean_std(values):
 
 
 def gather(runs: list[dict], metric: str = "test_accuracy") -> list[dict]:
-    """One row per grid point: per method, mean/std of `metric` and of ε over seeds."""
+    """One row per grid point: per method, mean/std of `metric` and of ε over replicates."""
     rows = {}
     for run in runs:
         path = os.path.join(run["workdir"], "summary.json")
@@ -130,8 +169,9 @@ def gather(runs: list[dict], metric: str = "test_accuracy") -> list[dict]:
             continue
         cell["values"].append(summary.get(metric))
         cell["eps"].append(summary.get("epsilon"))
-        for extra in ("ldp_epsilon_per_pixel", "ldp_epsilon_per_image", "train_accuracy",
-                      "test_auroc", "test_balanced_accuracy"):
+        for extra in ("ldp_epsilon_per_value", "ldp_epsilon_per_pixel", "ldp_epsilon_per_image",
+                      "train_accuracy", "test_auroc", "test_balanced_accuracy",
+                      "seed_source", "ldp_seed_source"):
             if summary.get(extra) is not None:
                 cell.setdefault(extra, []).append(summary[extra])
     out = []
@@ -149,9 +189,38 @@ def _fmt(mean, std, n):
     return f"{100 * mean:.1f} ± {100 * std:.1f} (n={n})" if n > 1 else f"{100 * mean:.1f}"
 
 
+def seed_notes(rows: list[dict], fixed_seeds: Sequence[int] = ()) -> list[str]:
+    """What the tables must say about where the runs' randomness came from."""
+    notes = []
+    if fixed_seeds:
+        notes.append(f"Runs with fixed seeds {', '.join(str(s) for s in fixed_seeds)} "
+                     "(--fixed_seeds, a debugging option): runs that share a fixed seed share "
+                     "their batches and noise draws, so they are NOT independent releases "
+                     "(two of them that differ only in σ give away the noiseless sums).")
+    else:
+        notes.append("Every run drew its own seed from OS entropy: the runs are independent "
+                     "releases (rep=K only labels the replicate).")
+    cells = [c for row in rows for c in row["methods"].values()]
+    fixed = sum(c.get("seed_source", []).count("config") for c in cells)
+    if fixed and not fixed_seeds:
+        notes.append(f"Warning: {fixed} run(s) report seed_source = config (a fixed seed): "
+                     "they are not independent releases.")
+    fixed_ldp = sum(c.get("ldp_seed_source", []).count("config") for c in cells)
+    if fixed_ldp:
+        notes.append(f"Warning: {fixed_ldp} local-DP run(s) report ldp_seed_source = config "
+                     "(a fixed ldp.seed, debugging only): their noise can be regenerated and "
+                     "subtracted by whoever knows the seed.")
+    return notes
+
+
 def write_tables(rows: list[dict], methods: Sequence[str], workdir: str,
-                 metric: str = "test_accuracy") -> str:
-    """Writes results.md and results.csv in `workdir`; returns the Markdown."""
+                 metric: str = "test_accuracy", fixed_seeds: Sequence[int] = ()) -> str:
+    """Writes results.md and results.csv in `workdir`; returns the Markdown.
+
+    `fixed_seeds`: the fixed seeds the runs were given (`--fixed_seeds`), if
+    any; the Markdown then says that runs sharing a seed are not
+    independent releases.
+    """
     point_keys = list(rows[0]["point"]) if rows else []
     header = point_keys + [f"{m} {metric} (%)" for m in methods] + [f"{m} ε" for m in methods]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -169,14 +238,14 @@ def write_tables(rows: list[dict], methods: Sequence[str], workdir: str,
             writer.writerow([row["point"][k] for k in point_keys] + [
                 x for c in cells for x in (c.get("mean"), c.get("std"),
                                            len(c.get("values", [])), c.get("epsilon"))])
-    table = "\n".join(lines) + "\n"
+    table = "\n".join(lines + [""] + seed_notes(rows, fixed_seeds)) + "\n"
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(table)
     return table
 
 
 def compare(rows: list[dict], methods: Sequence[str]) -> list[str]:
-    """For two methods: does the second beat the first by more than the seed spread?"""
+    """For two methods: does the second beat the first by more than the replicate spread?"""
     if len(methods) != 2:
         return []
     a, b = methods
@@ -188,8 +257,8 @@ def compare(rows: list[dict], methods: Sequence[str]) -> list[str]:
         diff = cb["mean"] - ca["mean"]
         spread = max(ca["std"], cb["std"])
         verdict = "wins" if diff > spread else "does not win"
-        verdicts.append(f"{row['point']}: {b} − {a} = {100 * diff:+.1f} points, seed spread "
-                        f"(largest std) {100 * spread:.1f}: {b} {verdict}")
+        verdicts.append(f"{row['point']}: {b} − {a} = {100 * diff:+.1f} points, replicate "
+                        f"spread (largest std) {100 * spread:.1f}: {b} {verdict}")
     return verdicts
 
 
@@ -214,7 +283,14 @@ def _mean(cell, key):
     return sum(values) / len(values) if values else None
 
 
-def write_paper_table(rows: list[dict], methods: Sequence[str], workdir: str) -> str:
+LDP_LABELS_NOTE = ("Local DP (the LDP columns) adds Laplace noise to the training images' "
+                   "pixels only: the labels are not perturbed and are NOT protected by local "
+                   "DP. LDP ε is per stored value (Δ/β), per pixel (channels·Δ/β) and per "
+                   "image (d·Δ/β for the d values perturbed).")
+
+
+def write_paper_table(rows: list[dict], methods: Sequence[str], workdir: str,
+                      fixed_seeds: Sequence[int] = ()) -> str:
     """The paper's layout (rows: train/test accuracy; columns: the methods) with ε added."""
     lines = ["| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
 
@@ -235,11 +311,15 @@ def write_paper_table(rows: list[dict], methods: Sequence[str], workdir: str) ->
              else f"{_mean(c, 'test_auroc'):.3f}")
         line("DP-SGD ε (δ = 1e-5, PLD)", lambda c: "—" if c.get("epsilon") is None
              else f"{c['epsilon']:.2f}")
+        line("LDP ε per value", lambda c: "—" if _mean(c, "ldp_epsilon_per_value") is None
+             else f"{_mean(c, 'ldp_epsilon_per_value'):.2f}")
         line("LDP ε per pixel", lambda c: "—" if _mean(c, "ldp_epsilon_per_pixel") is None
              else f"{_mean(c, 'ldp_epsilon_per_pixel'):.2f}")
         line("LDP ε per image", lambda c: "—" if _mean(c, "ldp_epsilon_per_image") is None
              else f"{_mean(c, 'ldp_epsilon_per_image'):,.0f}")
-    table = "\n".join(lines) + "\n"
+        line("labels protected by LDP", lambda c: "—" if _mean(c, "ldp_epsilon_per_image")
+             is None else "no")
+    table = "\n".join(lines + ["", LDP_LABELS_NOTE] + seed_notes(rows, fixed_seeds)) + "\n"
     with open(os.path.join(workdir, "paper_table.md"), "w") as f:
         f.write(table)
     _plot(rows, methods, os.path.join(workdir, "privacy_utility.png"))
@@ -268,7 +348,7 @@ def _plot(rows, methods, path) -> None:
                 marker = "o" if m.startswith("DP-SGD") else "s"
                 ax.scatter([eps], [100 * acc], marker=marker, label=m)
     ax.set_xscale("log")
-    ax.set_xlabel("ε per example (DP-SGD; LDP: per image = d / β)")
+    ax.set_xlabel("ε per example (DP-SGD; LDP: per image = d·Δ/β; labels unprotected)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -287,7 +367,13 @@ def main(argv=None) -> int:
                         help="config argument grid KEY=V1,V2 (repeatable)")
     parser.add_argument("--override", action="append", default=[],
                         help="config field grid FIELD=V1,V2 (repeatable)")
-    parser.add_argument("--seeds", default="", help="comma-separated seeds")
+    parser.add_argument("--seeds", "--replicates", dest="replicates", default="",
+                        help="comma-separated replicate labels (0,1,2): each run draws its own "
+                             "seed from OS entropy; the labels name run directories and group "
+                             "the table")
+    parser.add_argument("--fixed_seeds", action="store_true",
+                        help="debugging: use the labels as fixed config.seed values; runs "
+                             "sharing a seed are not independent releases (the tables say so)")
     parser.add_argument("--metric", default="test_accuracy")
     parser.add_argument("--dry_run", action="store_true", help="print the runs and stop")
     parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
@@ -302,9 +388,13 @@ def main(argv=None) -> int:
         methods += medical_methods(args.medical)
     if not methods:
         parser.error("give --method or --medical")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    runs = plan_runs(methods, _parse_grid(args.arg), _parse_grid(args.override), seeds,
-                     args.workdir)
+    replicates = [int(s) for s in args.replicates.split(",") if s.strip()]
+    if args.fixed_seeds and not replicates:
+        parser.error("--fixed_seeds needs --seeds S1,S2,...")
+    check_no_seed_settings([], extra)
+    runs = plan_runs(methods, _parse_grid(args.arg), _parse_grid(args.override), replicates,
+                     args.workdir, fixed_seeds=args.fixed_seeds)
+    fixed = replicates if args.fixed_seeds else []
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "sweep.json"), "w") as f:
         json.dump(runs, f, indent=2)
@@ -322,9 +412,9 @@ def main(argv=None) -> int:
         failed = [r for r in runs if run_local(r, extra) != 0]
     names = [n for n, _ in methods]
     rows = gather(runs, args.metric)
-    print(write_tables(rows, names, args.workdir))
+    print(write_tables(rows, names, args.workdir, args.metric, fixed))
     if args.medical:
-        print(write_paper_table(rows, names, args.workdir))
+        print(write_paper_table(rows, names, args.workdir, fixed))
     for line in compare(rows, names):
         print(line)
     if failed:

@@ -218,6 +218,24 @@ def test_aptos_path_to_csv_and_load_dispatch(tmp_path):
         sources.load(cfg)
 
 
+def test_aptos_grey_files_among_colour_are_marked_for_local_dp(tmp_path):
+    # Grey files broadcast into RGB next to colour ones: local DP cannot perturb the grey
+    # ones once (no single mechanism fits both), so it refuses rather than release three
+    # noisy copies of each grey value.
+    from dpjax.privacy import ldp
+
+    files = _aptos_files()  # every 3rd image is grey
+    d = medical.load_aptos(_write(tmp_path / "mixed", files, False), 8)
+    assert d.train.images.shape[-1] == 3 and d.info[ldp.GREY_TO_RGB_KEY] == "some"
+    with pytest.raises(ConfigError, match="mixes grey and colour"):
+        ldp.apply_local_dp(d.train.images, 1.0, -1, str(tmp_path / "run"),
+                           grey_to_rgb=d.info[ldp.GREY_TO_RGB_KEY])
+    colour = {n: _image(7, (10, 10), "RGB") if n.endswith(".png") else b
+              for n, b in files.items()}
+    d = medical.load_aptos(_write(tmp_path / "colour", colour, False), 8)
+    assert d.info[ldp.GREY_TO_RGB_KEY] == "none"
+
+
 def test_aptos_missing_image_error_and_skip(tmp_path):
     path = _write(tmp_path / "a", _aptos_files(rows=["deadbeef,2"]), True)
     with pytest.raises(DataError, match="'deadbeef'.*train_images/deadbeef.png"):

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 from tests.helpers import REPO
 
 _spec = importlib.util.spec_from_file_location("sweep", os.path.join(REPO, "launch", "sweep.py"))
@@ -20,8 +22,48 @@ def test_plan_runs_grid(tmp_path):
     r = [x for x in runs if x["method"] == "randp"][0]
     assert r["config"] == "configs/dprandp_quickstart.py:steps=10,eps=1"
     assert "--config.privacy.clip_norm=0.5" in r["overrides"]
-    assert "--config.seed=0" in r["overrides"]
     assert len({x["workdir"] for x in runs}) == len(runs)
+
+
+def test_replicates_draw_os_seeds_by_default(tmp_path):
+    # `--seeds 0,1,2` labels replicates; every run draws its own seeds from OS entropy,
+    # so two runs that differ only in σ (or β) never share batches or noise.
+    methods = [("dpsgd", "configs/quickstart.py")]
+    runs = sweep.plan_runs(methods, [], sweep._parse_grid(["privacy.noise_multiplier=1,2"]),
+                           [0, 1, 2], str(tmp_path))
+    assert len(runs) == 6
+    for run in runs:
+        assert "--config.seed=-1" in run["overrides"]
+        assert "--config.ldp.seed=-1" in run["overrides"]
+        assert not any(o.startswith("--config.seed=") and o != "--config.seed=-1"
+                       for o in run["overrides"])
+        assert run["fixed_seed"] is None and os.path.basename(run["workdir"]).endswith(
+            f"rep={run['replicate']}")
+
+
+def test_fixed_seeds_only_on_request_and_labelled(tmp_path):
+    methods = [("dpsgd", "configs/quickstart.py")]
+    runs = sweep.plan_runs(methods, [], [], [0, 1], str(tmp_path), fixed_seeds=True)
+    assert [r["fixed_seed"] for r in runs] == [0, 1]
+    assert "--config.seed=1" in runs[1]["overrides"] and runs[1]["workdir"].endswith("seed=1")
+    assert "--config.ldp.seed=-1" in runs[1]["overrides"]  # never a shared local-DP seed
+    for run in runs:
+        os.makedirs(run["workdir"])
+        with open(os.path.join(run["workdir"], "summary.json"), "w") as f:
+            json.dump({"test_accuracy": 0.5, "epsilon": 1.0, "seed_source": "config"}, f)
+    table = sweep.write_tables(sweep.gather(runs), ["dpsgd"], str(tmp_path), fixed_seeds=[0, 1])
+    assert "fixed seeds 0, 1" in table and "NOT independent releases" in table
+    # The default table says the runs are independent, unless a summary says otherwise.
+    table = sweep.write_tables(sweep.gather(runs), ["dpsgd"], str(tmp_path))
+    assert "Warning: 2 run(s) report seed_source = config" in table
+
+
+@pytest.mark.parametrize("argv", [["--override", "seed=0,1"], ["--override", "ldp.seed=3"],
+                                  ["--config.ldp.seed=0"], ["--config.seed=4"]])
+def test_sweep_refuses_seed_settings(tmp_path, argv):
+    with pytest.raises(SystemExit, match="set by the sweep"):
+        sweep.main(["--workdir", str(tmp_path), "--method", "a=configs/quickstart.py",
+                    "--dry_run", *argv])
 
 
 def test_gather_tables_and_compare(tmp_path):
@@ -31,10 +73,12 @@ def test_gather_tables_and_compare(tmp_path):
     for run in runs:
         os.makedirs(run["workdir"])
         with open(os.path.join(run["workdir"], "summary.json"), "w") as f:
-            json.dump({"test_accuracy": accuracy[run["method"]][run["seed"]], "epsilon": 0.99}, f)
+            json.dump({"test_accuracy": accuracy[run["method"]][run["replicate"]],
+                       "epsilon": 0.99, "seed_source": "os"}, f)
     rows = sweep.gather(runs)
     table = sweep.write_tables(rows, ["a", "b"], str(tmp_path))
     assert "61.0 ± 1.0 (n=3)" in table and "80.0 ± 1.0 (n=3)" in table and "0.990" in table
+    assert "own seed from OS entropy" in table and "Warning" not in table
     assert (tmp_path / "results.csv").read_text().count("\n") == 2
     verdicts = sweep.compare(rows, ["a", "b"])
     assert len(verdicts) == 1 and "b wins" in verdicts[0]
@@ -52,7 +96,8 @@ def test_medical_seven_columns_table_and_plot(tmp_path):
                    "epsilon": None}
         if "ldp" in run["config"]:
             beta = float(run["config"].split("beta=")[1])
-            summary.update(ldp_epsilon_per_pixel=1 / beta, ldp_epsilon_per_image=784 / beta)
+            summary.update(ldp_epsilon_per_value=1 / beta, ldp_epsilon_per_pixel=1 / beta,
+                           ldp_epsilon_per_image=784 / beta, ldp_labels_protected=False)
         if "dpsgd" in run["config"]:
             summary["epsilon"] = 2.0 / i
         with open(os.path.join(run["workdir"], "summary.json"), "w") as f:
@@ -60,6 +105,9 @@ def test_medical_seven_columns_table_and_plot(tmp_path):
     rows = sweep.gather(runs)
     table = sweep.write_paper_table(rows, [m for m, _ in methods], str(tmp_path))
     assert "LDP ε per image" in table and "784" in table and "test accuracy" in table
+    assert "LDP ε per value" in table and "| labels protected by LDP | — | no | no | no |" in table
+    assert "labels are not perturbed and are NOT protected by local DP" in table
+    assert "--config.ldp.seed=-1" in runs[1]["overrides"]  # each β its own OS draw
     assert (tmp_path / "privacy_utility.png").stat().st_size > 1000
 
 
