@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Data. Normalisation constants are public: never computed from private data.
     c.dataset = ml_collections.ConfigDict(dict(
-        name="digits",          # digits | tfds | npz | folder | csv | kermany
+        name="digits",          # a registered source (dpjax.data.registry): digits | tfds |
+                                # npz | folder | csv | kermany
         tfds_name="",           # for name=tfds: e.g. cifar10
         data_dir="",            # TFDS data_dir
         path="",                # npz file, image folder or .zip
@@ -41,10 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
         test_fraction=0.2,      # split when the source has no test split
         split_seed=0,
         on_bad_image="error",   # error | skip (skipped files are counted)
+        use_val="ignore",       # npz, folder, kermany: a validation split is left out
+                                # ("ignore") or added to training ("train": then private)
         cache_dir="",           # where decoded arrays are cached ("" = no cache)
         streaming=False,        # folder or TFDS array_record data too large for memory:
                                 # decode each batch's rows on demand
-        train_split="train",    # TFDS split to train on
+        train_split="train",    # TFDS split (or streamed folder) to train on
         test_split="test",      # evaluation split / folder (ImageNet: "validation" / "val")
         num_workers=0,          # decoding threads per host (0 = one per core, at most 8)
         mean=(0.5,),            # per-channel normalisation, public constants
@@ -266,8 +269,8 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 _CHOICES = {
-    "dataset.name": ("digits", "tfds", "npz", "folder", "csv", "kermany"),
     "dataset.on_bad_image": ("error", "skip"),
+    "dataset.use_val": ("ignore", "train"),
     "model.dtype": ("float32", "bfloat16"),
     "privacy.mode": ("dpsgd", "none"),
     "privacy.sampling": ("poisson", "shuffle"),
@@ -298,6 +301,9 @@ def validate(config: ml_collections.ConfigDict, choices: dict | None = None) -> 
 
     Checks that need the data (batch ≤ N, δ < 1/N) are in `validate_for_data`.
     """
+    from dpjax.data import registry, sources  # noqa: F401  (sources registers the built-ins)
+
+    registry.check_name(config.dataset.name)
     allowed = dict(_CHOICES, **(choices or {}))
     for key, options in allowed.items():
         value = _get(config, key)

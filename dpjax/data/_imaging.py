@@ -1,6 +1,6 @@
 """Image files to uint8 arrays: listing a folder or zip, decoding, resizing.
 
-Private helpers of `dpjax.data.sources`. Everything here works on one image
+Private helpers of the loaders in `dpjax.data`. Everything here works on one image
 at a time and is free of data-set logic, so the loaders can decode in a
 thread pool: Pillow releases the GIL while it decodes and resamples, and
 `zipfile` serialises its reads of the shared archive behind a lock.
@@ -158,6 +158,17 @@ def decode(data: bytes, image_size: int | None) -> np.ndarray:
             im.draft(im.mode, (int(np.ceil(w * scale)), int(np.ceil(h * scale))))
     im.load()
     return fit_array(_to_uint8(im), image_size)
+
+
+def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (H, W, 1|3) with `channels` channels: grey repeated into RGB, or RGB made
+    grey with ITU-R 601 luma (Pillow's "L" conversion)."""
+    if arr.shape[-1] == channels:
+        return arr
+    if channels == 3:
+        return np.repeat(arr, 3, axis=-1)
+    luma = arr.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
 
 
 def image_size_of(data: bytes) -> tuple[int, int]:

@@ -11,7 +11,7 @@
   no patient ids: ε protects single images only.
 
 Both read the files in place (no extraction) with the image-folder machinery
-of `dpjax.data.sources` and need `dataset.image_size`, because the images
+of `dpjax.data._common` and need `dataset.image_size`, because the images
 come in many sizes. `DataSplits.info` holds no per-class counts of the
 training set; `class_counts` computes them for callers who report them,
 labelled as not covered by ε.
@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from dpjax.data import _imaging, sources
-from dpjax.data.sources import ArrayDataset, DataSplits
+from dpjax.data import _common, _imaging, registry
+from dpjax.data.protocol import ArrayDataset, DataSplits
 from dpjax.errors import ConfigError, DataError
 
 KERMANY_CLASSES = ("NORMAL", "PNEUMONIA")
 APTOS_CLASSES = ("0 no DR", "1 mild", "2 moderate", "3 severe", "4 proliferative")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: APTOS info records train_grey_to_rgb
 _MAX_LISTED = 20
 
 # `person1_bacteria_1.jpeg`, `person1_virus_6.jpeg` -> "person1";
@@ -89,7 +89,7 @@ def class_counts(dataset: ArrayDataset | np.ndarray,
 
 
 def _require_image_size(image_size: Any, what: str) -> int:
-    size = sources._check_image_size(image_size)
+    size = _common.check_image_size(image_size)
     if size is None:
         raise ConfigError(f"dataset.image_size is {image_size!r}, but {what} images come in "
                           "many sizes: set dataset.image_size (e.g. 224) to resize them all.")
@@ -127,7 +127,7 @@ def _decode_all(tree: _imaging.FileTree, names: Sequence[str], image_size: int,
                 if isinstance(result, Exception):
                     if on_bad_image == "error":
                         raise DataError(f"{path}: {name} is not a readable image "
-                                        f"({sources._describe(result)}); fix or remove it, or "
+                                        f"({_common.describe_error(result)}); fix or remove it, or "
                                         "set dataset.on_bad_image=skip.")
                     bad.append(name)
                     arrays.append(None)
@@ -254,8 +254,8 @@ def load_kermany(path: str, image_size: int, on_bad_image: str = "error",
       DataError: not the Kermany layout, or an unreadable image with
         on_bad_image="error".
     """
-    sources._check_choice("dataset.on_bad_image", on_bad_image, sources._ON_BAD_IMAGE)
-    sources._check_choice("dataset.use_val", use_val, sources._USE_VAL)
+    _common.check_choice("dataset.on_bad_image", on_bad_image, _common.ON_BAD_IMAGE)
+    _common.check_choice("dataset.use_val", use_val, _common.USE_VAL)
     size = _require_image_size(image_size, "Kermany chest X-ray")
     workers = num_workers or _imaging.default_workers()
     return _cached(os.path.expanduser(path), cache_dir, "kermany",
@@ -266,7 +266,7 @@ def load_kermany(path: str, image_size: int, on_bad_image: str = "error",
 def _read_kermany(tree: _imaging.FileTree, image_size: int, on_bad_image: str, use_val: str,
                   workers: int) -> DataSplits:
     path = tree.path
-    layout = sources._find_layout(tree, use_val)
+    layout = _common.find_layout(tree, use_val)
     expected = ("expected the Kermany layout chest_xray/{train,test}/{NORMAL,PNEUMONIA}/"
                 "*.jpeg (use dataset.name=folder for other image folders)")
     if layout.kind != "split":
@@ -334,9 +334,11 @@ def load_aptos(path: str, image_size: int, test_fraction: float = 0.2, split_see
     of the Kaggle zip (read in place), and `path` may also be the csv itself.
     Images (colour fundus photographs of many sizes) are resized so their
     shorter side is `image_size`, then centre cropped; all become RGB if any
-    is colour. A seeded stratified split makes the test set. The data have
-    no patient ids (one patient's two eyes may both be in it), so
-    `info["privacy_unit_available"]` is "image": ε protects single images.
+    is colour (`info["train_grey_to_rgb"]` says whether training images were
+    grey files repeated into RGB: local DP refuses a mix). A seeded
+    stratified split makes the test set. The data have no patient ids (one
+    patient's two eyes may both be in it), so `info["privacy_unit_available"]`
+    is "image": ε protects single images.
 
     Args:
       path: directory, `.zip` or the `train.csv` file.
@@ -353,9 +355,9 @@ def load_aptos(path: str, image_size: int, test_fraction: float = 0.2, split_see
       DataError: no train.csv, missing columns, a bad diagnosis or id_code,
         a missing or unreadable image with on_bad_image="error".
     """
-    sources._check_choice("dataset.on_bad_image", on_bad_image, sources._ON_BAD_IMAGE)
+    _common.check_choice("dataset.on_bad_image", on_bad_image, _common.ON_BAD_IMAGE)
     size = _require_image_size(image_size, "APTOS 2019")
-    test_fraction = sources._check_test_fraction(test_fraction)
+    test_fraction = _common.check_test_fraction(test_fraction)
     workers = num_workers or _imaging.default_workers()
     path = os.path.expanduser(path)
     csv_name = None
@@ -473,15 +475,17 @@ def _read_aptos(tree: _imaging.FileTree, csv_name: str | None, image_size: int,
     arrays, bad, _ = _decode_all(tree, names, image_size, on_bad_image, False, workers)
     idx = [i for i, a in enumerate(arrays) if a is not None]
     channels = 3 if any(arrays[i].shape[-1] == 3 for i in idx) else 1
+    was_grey = np.asarray([arrays[i].shape[-1] == 1 for i in idx], bool)
     images = _stack([arrays[i] for i in idx], image_size, channels)
     labels_arr = np.asarray([labels[i] for i in idx], np.int32)
     del arrays
-    tr, te, stratified = sources.stratified_split(labels_arr, test_fraction, split_seed)
+    tr, te, stratified = _common.stratified_split(labels_arr, test_fraction, split_seed)
     how = "stratified" if stratified else "random (too few images per class to stratify)"
     skipped = missing + bad
     info: dict[str, Any] = {
         "source": os.path.abspath(path), "format": "zip" if tree.is_zip else "directory",
         "csv": csv_name, "images": image_dir, "channels": channels, "resized_to": image_size,
+        _common.GREY_TO_RGB_KEY: _common.grey_to_rgb_mode(was_grey[tr], channels),
         "split": f"{how}, test_fraction={test_fraction}, seed={split_seed}",
         "skipped_images": len(skipped), "missing_images": len(missing),
         "skipped_files": skipped[:_MAX_LISTED],
@@ -492,3 +496,23 @@ def _read_aptos(tree: _imaging.FileTree, csv_name: str | None, image_size: int,
     return DataSplits(ArrayDataset(images[tr], labels_arr[tr]),
                       ArrayDataset(images[te], labels_arr[te]), len(APTOS_CLASSES),
                       APTOS_CLASSES, "aptos2019", info)
+
+
+# --- sources by name (see dpjax.data.registry) -------------------------------------
+
+@registry.register("kermany")
+def _kermany_from_config(c) -> DataSplits:
+    """Reads path, image_size, on_bad_image, use_val, cache_dir, num_workers."""
+    path = _common.require_path(c.path, "the Kermany chest_xray folder or Kaggle .zip")
+    return load_kermany(path, c.image_size, c.on_bad_image, c.use_val, c.cache_dir or None,
+                        c.num_workers or None)
+
+
+@registry.register("csv")
+def _aptos_from_config(c) -> DataSplits:
+    """Reads path, image_size, test_fraction, split_seed, on_bad_image, cache_dir,
+    num_workers."""
+    path = _common.require_path(c.path, "the APTOS 2019 folder or .zip (train.csv, "
+                                        "train_images/)")
+    return load_aptos(path, c.image_size, c.test_fraction, c.split_seed, c.on_bad_image,
+                      c.cache_dir or None, c.num_workers or None)

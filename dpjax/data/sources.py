@@ -1,14 +1,19 @@
-"""Data sources: every data set becomes uint8 images (N, H, W, C) and int32 labels.
+"""Data sources: every data set becomes a `RandomAccessDataset` of uint8 images and int32 labels.
 
 Small and medium data sets (digits, CIFAR, MedMNIST, folders of a few
-hundred thousand small images) are held whole as uint8 arrays, moved to the
-accelerator once and augmented there. Sources, picked by `dataset.name`:
+hundred thousand small images) are held whole as uint8 arrays
+(`ArrayDataset`), moved to the accelerator once and augmented there; larger
+ones are streamed, decoded on demand (`dataset.streaming=True`). `load`
+picks the source registered (`dpjax.data.registry`) under `dataset.name`:
 
 * `digits`: scikit-learn's 8x8 handwritten digits (ships with the package);
-* `tfds`: TensorFlow Datasets by name, read from a prepared `data_dir`;
+* `tfds`: TensorFlow Datasets by name, read from a prepared `data_dir`
+  (`dpjax.data.tfds_records`);
 * `npz`: MedMNIST-style `.npz` files;
 * `folder`: `root/<class>/*` or `root/{train,test}/<class>/*` image folders,
-  from a directory or straight from a `.zip` archive (Kaggle's layout).
+  from a directory or straight from a `.zip` archive (Kaggle's layout);
+* `kermany`, `csv`: the Kermany chest X-rays and APTOS 2019 as Kaggle ships
+  them (`dpjax.data.medical`).
 
 Every problem with the user's files is a `DataError` naming the file and the
 fix; unreadable images either stop the run or are skipped and counted
@@ -20,112 +25,35 @@ the private data, not covered by ε.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import io
 import json
 import os
-from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from dpjax.data import _imaging
-from dpjax.errors import ConfigError, DataError
+# medical and tfds_records register their sources when imported.
+from dpjax.data import _imaging, medical, registry, streaming, tfds_records  # noqa: F401
+from dpjax.data._common import (
+    GREY_TO_RGB_KEY,
+    ON_BAD_IMAGE,
+    USE_VAL,
+    check_choice,
+    check_image_size,
+    check_test_fraction,
+    describe_error,
+    find_layout,
+    grey_to_rgb_mode,
+    require_path,
+    stratified_split,
+    train_grey_to_rgb,
+    unify_channels,
+)
+from dpjax.data.protocol import ArrayDataset, DataSplits, RandomAccessDataset
+from dpjax.errors import DataError
 
 IMAGE_EXTENSIONS = _imaging.IMAGE_EXTENSIONS
-SOURCES = ("digits", "tfds", "npz", "folder")
-_USE_VAL = ("ignore", "train")
-_ON_BAD_IMAGE = ("error", "skip")
-_SPLIT_DIRS = {"train": "train", "test": "test", "val": "val", "valid": "val",
-               "validation": "val"}
-_CACHE_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class ArrayDataset:
-    """Images uint8 (N, H, W, C) with C in {1, 3}, and int32 labels (N,)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __post_init__(self):
-        im, lb = self.images, self.labels
-        if not (isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 4
-                and im.shape[-1] in (1, 3)):
-            raise DataError(f"ArrayDataset.images must be uint8 (N, H, W, 1|3), got "
-                            f"{getattr(im, 'dtype', type(im).__name__)} "
-                            f"{getattr(im, 'shape', '')}.")
-        if not (isinstance(lb, np.ndarray) and lb.dtype == np.int32 and lb.ndim == 1
-                and len(lb) == len(im)):
-            raise DataError(f"ArrayDataset.labels must be int32 (N,) with N={len(im)}, got "
-                            f"{getattr(lb, 'dtype', type(lb).__name__)} "
-                            f"{getattr(lb, 'shape', '')}.")
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSplits:
-    """A training and a test split with their class names.
-
-    `info` holds facts about loading (source, layout, split method, skipped
-    files). Nothing in it is a statistic of the training labels.
-    """
-
-    train: ArrayDataset
-    test: ArrayDataset
-    num_classes: int
-    class_names: tuple[str, ...]
-    name: str
-    info: dict = dataclasses.field(default_factory=dict)
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Train and test indices (sorted), stratified by label, reproducible from the seed.
-
-    Falls back to a plain seeded random split when stratification is
-    impossible (a class with a single example, or fewer test or training
-    slots than classes); the third value says which one was made.
-    """
-    from sklearn.model_selection import train_test_split
-
-    n = len(labels)
-    n_test = int(np.ceil(test_fraction * n))
-    if n < 2 or n_test < 1 or n_test >= n:
-        raise DataError(f"{n} images cannot be split with dataset.test_fraction={test_fraction}: "
-                        "add images or provide separate train/ and test/ folders.")
-    counts = Counter(labels.tolist())
-    stratify = (min(counts.values()) >= 2 and n_test >= len(counts)
-                and n - n_test >= len(counts))
-    train, test = train_test_split(np.arange(n), test_size=test_fraction, random_state=seed,
-                                   stratify=labels if stratify else None)
-    return np.sort(train), np.sort(test), stratify
-
-
-def _check_choice(field: str, value: Any, options: Sequence[str]) -> None:
-    if value not in options:
-        raise ConfigError(f"Expected {field} in {tuple(options)}, got {value!r}.")
-
-
-def _check_image_size(image_size: Any) -> int | None:
-    """None or 0 keep the stored size; otherwise a positive int."""
-    if image_size is None or image_size == 0:
-        return None
-    if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) \
-            or image_size < 1:
-        raise ConfigError(f"Expected dataset.image_size={image_size!r} to be a positive integer "
-                          "(or 0 to keep the stored size).")
-    return int(image_size)
-
-
-def _check_test_fraction(test_fraction: Any) -> float:
-    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise ConfigError(f"Expected dataset.test_fraction={test_fraction!r} in (0, 1).")
-    return float(test_fraction)
+_CACHE_VERSION = 2  # 2: info records train_grey_to_rgb
 
 
 # --- digits ------------------------------------------------------------------
@@ -139,7 +67,7 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> DataSplits:
     """
     from sklearn.datasets import load_digits as sk_digits
 
-    test_fraction = _check_test_fraction(test_fraction)
+    test_fraction = check_test_fraction(test_fraction)
     raw = sk_digits()
     images = np.round(raw.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = raw.target.astype(np.int32)
@@ -149,115 +77,6 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> DataSplits:
                       tuple(str(i) for i in range(10)), "digits",
                       {"source": "sklearn.datasets.load_digits",
                        "split": f"stratified, test_fraction={test_fraction}, seed={split_seed}"})
-
-
-# --- TFDS ----------------------------------------------------------------------
-
-def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train",
-              test_split: str = "test", image_size: int | None = None) -> DataSplits:
-    """A prepared TFDS image-classification data set, read into uint8 arrays.
-
-    Reads with `tfds.data_source` (array_record random access, no TensorFlow
-    needed) and falls back to `tfds.as_numpy(builder.as_dataset(...))` when
-    TensorFlow is installed and the data were prepared as TFRecord. Nothing is
-    ever downloaded or built here: training machines are often offline, and
-    building most data sets needs TensorFlow. Splits may use TFDS slicing,
-    e.g. `train_split="train[:90%]", test_split="train[90%:]"`.
-
-    Raises:
-      DataError: unknown name, data not prepared in `data_dir`, unreadable
-        format, or features that are not (image, class label).
-    """
-    if not name:
-        raise ConfigError("dataset.tfds_name is empty: set it to a TFDS name such as cifar10.")
-    image_size = _check_image_size(image_size)
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise DataError("tensorflow-datasets is not installed: pip install "
-                        "tensorflow-datasets.") from None
-    data_dir = os.path.expanduser(data_dir) if data_dir else None
-    where = data_dir or "the default TFDS folder (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-    how = (f"prepare it on a machine with internet with `pip install 'dpjax[tf]'` and "
-           f"`tfds build {name} --data_dir DIR --file_format=array_record`, copy DIR here and "
-           "set dataset.data_dir=DIR, or use dataset.name=folder or npz with your own copy")
-    try:
-        # Unknown names make TFDS print its whole catalogue; keep the console clean.
-        with contextlib.redirect_stdout(io.StringIO()):
-            builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:
-        raise DataError(f"dataset.tfds_name={name!r} is not a data set known to "
-                        f"tensorflow-datasets {tfds.__version__} ({type(e).__name__}): check "
-                        "the name against tfds.list_builders().") from None
-    if not builder.is_prepared():
-        raise DataError(f"TFDS data set {name!r} is not prepared in {where}: {how}.")
-
-    features = builder.info.features
-    image_key = _feature_key(features, "image", tfds.features.Image)
-    label_key = _feature_key(features, "label", tfds.features.ClassLabel)
-    if image_key is None or label_key is None:
-        raise DataError(f"TFDS data set {name!r} has features {sorted(features.keys())}, not an "
-                        "image and a class label: it is not an image-classification set.")
-    class_names = tuple(features[label_key].names)
-
-    def read(split: str) -> tuple[list[np.ndarray], np.ndarray]:
-        try:
-            source = builder.as_data_source(split=split)
-            records = (source[i] for i in range(len(source)))
-        except NotImplementedError:  # prepared as TFRecord: needs TensorFlow
-            try:
-                import tensorflow  # noqa: F401
-            except ImportError:
-                raise DataError(f"TFDS data set {name!r} in {where} is stored as TFRecord, which "
-                                f"needs TensorFlow: pip install 'dpjax[tf]', or rebuild it with "
-                                f"`tfds build {name} --file_format=array_record`.") from None
-            records = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
-        except Exception as e:
-            raise DataError(f"TFDS data set {name!r}: split {split!r} could not be opened "
-                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                            f"its splits are {sorted(builder.info.splits.keys())}.") from None
-        images, labels = [], []
-        for record in records:
-            image = np.asarray(record[image_key])
-            images.append(image[..., None] if image.ndim == 2 else image)
-            labels.append(int(record[label_key]))
-        return images, np.asarray(labels, np.int32)
-
-    def stack(images: list[np.ndarray], split: str) -> np.ndarray:
-        if not images:
-            raise DataError(f"TFDS data set {name!r}: split {split!r} is empty.")
-        if image_size is None:
-            shapes = Counter(im.shape for im in images)
-            if len(shapes) > 1:
-                (a, _), (b, _) = shapes.most_common(2)
-                raise DataError(f"TFDS data set {name!r} has images of shapes {a} and {b}: set "
-                                "dataset.image_size to resize them all.")
-        if any(im.dtype != np.uint8 or im.shape[-1] not in (1, 3) for im in images):
-            raise DataError(f"TFDS data set {name!r}: images are not uint8 grey or RGB.")
-        return np.stack([_imaging.fit_array(im, image_size) for im in images])
-
-    tr_images, tr_labels = read(train_split)
-    te_images, te_labels = read(test_split)
-    train_x, test_x = stack(tr_images, train_split), stack(te_images, test_split)
-    train_x, test_x = _unify_channels(train_x, test_x)
-    return DataSplits(ArrayDataset(train_x, tr_labels), ArrayDataset(test_x, te_labels),
-                      len(class_names), class_names, name,
-                      {"source": f"tfds:{name}", "data_dir": data_dir,
-                       "split": f"{train_split} / {test_split}", "resized_to": image_size})
-
-
-def _feature_key(features, preferred: str, kind) -> str | None:
-    if preferred in features.keys() and isinstance(features[preferred], kind):
-        return preferred
-    keys = [k for k in features.keys() if isinstance(features[k], kind)]
-    return keys[0] if len(keys) == 1 else None
-
-
-def _unify_channels(*stacks: np.ndarray) -> tuple[np.ndarray, ...]:
-    """All grey (C=1) unless any stack is RGB, then all RGB (grey repeated)."""
-    if any(s.shape[-1] == 3 for s in stacks):
-        return tuple(np.repeat(s, 3, axis=-1) if s.shape[-1] == 1 else s for s in stacks)
-    return stacks
 
 
 # --- npz (MedMNIST) ----------------------------------------------------------
@@ -286,8 +105,8 @@ def load_npz(path: str, image_size: int | None = None, use_val: str = "ignore") 
     Raises:
       DataError: missing keys, wrong shapes or dtypes, values out of range.
     """
-    _check_choice("dataset.use_val", use_val, _USE_VAL)
-    image_size = _check_image_size(image_size)
+    check_choice("dataset.use_val", use_val, USE_VAL)
+    image_size = check_image_size(image_size)
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise DataError(f"dataset.path={path!r} does not exist: point it at a MedMNIST-style "
@@ -338,13 +157,15 @@ def load_npz(path: str, image_size: int | None = None, use_val: str = "ignore") 
             val_note = f"added to train ({n_val} images)"
         else:
             val_note = f"ignored ({n_val} images)"
-    train_x, test_x = _unify_channels(splits["train"][0], splits["test"][0])
+    grey_to_rgb = train_grey_to_rgb(splits["train"][0], splits["test"][0])
+    train_x, test_x = unify_channels(splits["train"][0], splits["test"][0])
     name = os.path.splitext(os.path.basename(path))[0]
     return DataSplits(ArrayDataset(train_x, splits["train"][1]),
                       ArrayDataset(test_x, splits["test"][1]), num_classes,
                       tuple(str(i) for i in range(num_classes)), name,
                       {"source": os.path.abspath(path), "split": "npz train/test",
-                       "val": val_note if has_val else "absent", "resized_to": image_size})
+                       "val": val_note if has_val else "absent", "resized_to": image_size,
+                       GREY_TO_RGB_KEY: grey_to_rgb})
 
 
 def _npz_images(images: np.ndarray, path: str, split: str) -> np.ndarray:
@@ -396,89 +217,6 @@ def _npz_labels(labels: np.ndarray, path: str, split: str) -> np.ndarray:
 
 # --- image folders (directory or zip) ----------------------------------------
 
-@dataclasses.dataclass
-class _Layout:
-    """Where the images of each split are, and their classes."""
-
-    root: str                              # common leading folder, '' or 'chest_xray/'
-    kind: str                              # "split" (train/ test/) or "flat" (<class>/)
-    files: dict[str, list[tuple[str, str]]]  # split -> [(file name, class)]
-    class_dirs: dict[str, str]            # class -> one folder naming it
-    ignored: dict[str, int]                # what was left out, and how many files
-
-
-def _find_layout(tree: _imaging.FileTree, use_val: str) -> _Layout:
-    """Works out `root/<class>/*` or `root/{train,test[,val]}/<class>/*` from the names."""
-    path = tree.path
-    images = [n for n in tree.files if _imaging.is_image_name(n)]
-    ignored: Counter = Counter()
-    ignored["non-image files"] = len(tree.files) - len(images)
-    if not images:
-        raise DataError(f"dataset.path={path!r} holds no image files "
-                        f"({', '.join(IMAGE_EXTENSIONS)}): point it at a folder of class folders.")
-    # Strip leading folders that hold everything (`chest_xray/`), as long as
-    # the images stay inside a class folder below them.
-    root = ""
-    while True:
-        rel = [n[len(root):] for n in images]
-        tops = {r.split("/", 1)[0] for r in rel}
-        top = next(iter(tops))
-        if len(tops) == 1 and top.lower() not in _SPLIT_DIRS and all(
-                r.count("/") >= 2 for r in rel):
-            root += top + "/"
-        else:
-            break
-    by_top: dict[str, list[str]] = {}
-    for n in images:
-        rel = n[len(root):]
-        by_top.setdefault(rel.split("/", 1)[0] if "/" in rel else "", []).append(n)
-    split_dirs = {_SPLIT_DIRS[t.lower()]: t for t in by_top if t.lower() in _SPLIT_DIRS}
-    if "train" in split_dirs or "test" in split_dirs:
-        kind = "split"
-        for needed in ("train", "test"):
-            if needed not in split_dirs:
-                raise DataError(f"{path}: has a {root}{next(iter(split_dirs.values()))}/ folder "
-                                f"but no {root}{needed}/ folder: add it, or put the class folders "
-                                "directly under the root for a seeded split.")
-        used = ["train", "test"] + (["val"] if use_val == "train" and "val" in split_dirs else [])
-        roots = {s: root + split_dirs[s] + "/" for s in used}
-        for t, names in by_top.items():
-            if t not in [split_dirs[s] for s in used]:
-                what = "files at the top" if t == "" else f"folder {root}{t}/"
-                if t == split_dirs.get("val"):
-                    what += " (dataset.use_val=ignore)"
-                ignored[what] += len(names)
-    else:
-        kind, roots = "flat", {"": root}
-    files: dict[str, list[tuple[str, str]]] = {}
-    class_dirs: dict[str, str] = {}
-    for split, split_root in roots.items():
-        entries = []
-        for n in images:
-            if n.startswith(split_root):
-                rel = n[len(split_root):]
-                if "/" in rel:
-                    entries.append((n, rel.split("/", 1)[0]))
-                else:
-                    ignored[f"images directly in {split_root or './'}"] += 1
-        files[split] = entries
-        for d in tree.dirs:  # class folders, with or without images
-            if d.startswith(split_root) and d != split_root:
-                c = d[len(split_root):].split("/", 1)[0]
-                if c and not c.startswith(".") and c != "__MACOSX":
-                    class_dirs.setdefault(c, split_root + c + "/")
-    with_images = {c for entries in files.values() for _, c in entries}
-    empty = sorted(set(class_dirs) - with_images)
-    if empty:
-        raise DataError(f"{path}: class folder {class_dirs[empty[0]]} has no images "
-                        f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder.")
-    if len(with_images) < 2:
-        raise DataError(f"{path}: found {len(with_images)} class folder(s) {sorted(with_images)} "
-                        f"under {root or './'}; put one sub-folder per class "
-                        "(root/<class>/image.png or root/train/<class>/image.png).")
-    return _Layout(root, kind, files, class_dirs, {k: v for k, v in ignored.items() if v})
-
-
 def load_image_folder(path: str, image_size: int | None = None, test_fraction: float = 0.2,
                       split_seed: int = 0, on_bad_image: str = "error",
                       cache_dir: str | None = None, use_val: str = "ignore",
@@ -490,9 +228,12 @@ def load_image_folder(path: str, image_size: int | None = None, test_fraction: f
     the sorted class-folder names, one list for train and test (a class may
     be missing from one split; a class folder without any image is an
     error). If any image is colour, all become RGB; if all are grey, they
-    keep one channel. Images of different sizes need `image_size`: each is
-    resized (bilinear) so its shorter side is `image_size`, then centre
-    cropped to a square. A flat layout gets a seeded stratified split.
+    keep one channel (`info["train_grey_to_rgb"]` says whether training
+    images were grey files repeated into RGB: local DP perturbs those once,
+    before the repetition, and refuses a mix of grey and colour files).
+    Images of different sizes need `image_size`: each is resized (bilinear)
+    so its shorter side is `image_size`, then centre cropped to a square. A
+    flat layout gets a seeded stratified split.
 
     Args:
       path: directory or `.zip`.
@@ -514,10 +255,10 @@ def load_image_folder(path: str, image_size: int | None = None, test_fraction: f
       DataError: no images, no class folders, an empty class, mixed sizes
         without `image_size`, an unreadable image with on_bad_image="error".
     """
-    _check_choice("dataset.on_bad_image", on_bad_image, _ON_BAD_IMAGE)
-    _check_choice("dataset.use_val", use_val, _USE_VAL)
-    image_size = _check_image_size(image_size)
-    test_fraction = _check_test_fraction(test_fraction)
+    check_choice("dataset.on_bad_image", on_bad_image, ON_BAD_IMAGE)
+    check_choice("dataset.use_val", use_val, USE_VAL)
+    image_size = check_image_size(image_size)
+    test_fraction = check_test_fraction(test_fraction)
     path = os.path.expanduser(path)
     tree = _imaging.FileTree(path)
     try:
@@ -545,7 +286,7 @@ def _read_image_folder(tree: _imaging.FileTree, image_size: int | None, test_fra
                        split_seed: int, on_bad_image: str, use_val: str,
                        workers: int) -> DataSplits:
     path = tree.path
-    layout = _find_layout(tree, use_val)
+    layout = find_layout(tree, use_val)
     classes = sorted(layout.class_dirs)
     index = {c: i for i, c in enumerate(classes)}
     order = [s for s in ("train", "val", "test", "") if s in layout.files]
@@ -570,7 +311,7 @@ def _read_image_folder(tree: _imaging.FileTree, image_size: int | None, test_fra
                 if isinstance(result, Exception):
                     if on_bad_image == "error":
                         raise DataError(f"{path}: {name} is not a readable image "
-                                        f"({_describe(result)}); fix or remove it, or set "
+                                        f"({describe_error(result)}); fix or remove it, or set "
                                         "dataset.on_bad_image=skip.")
                     bad.append(name)
                     arrays.append(None)
@@ -589,9 +330,11 @@ def _read_image_folder(tree: _imaging.FileTree, image_size: int | None, test_fra
     channels = 3 if any(a is not None and a.shape[-1] == 3 for a in arrays) else 1
     h, w = reference[1]
     by_split: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    grey: dict[str, np.ndarray] = {}  # per image: decoded as grey (then broadcast if RGB)
     for split in order:
         idx = [i for i, e in enumerate(entries) if e[2] == split and arrays[i] is not None]
         images = np.empty((len(idx), h, w, channels), np.uint8)
+        grey[split] = np.asarray([arrays[i].shape[-1] == 1 for i in idx], bool)
         for k, i in enumerate(idx):
             images[k] = arrays[i]  # broadcasts grey (H, W, 1) into RGB
             arrays[i] = None
@@ -613,10 +356,13 @@ def _read_image_folder(tree: _imaging.FileTree, image_size: int | None, test_fra
         test = ArrayDataset(images[te], labels[te])
         how = "stratified" if stratified else "random (too few images per class to stratify)"
         info["split"] = f"{how}, test_fraction={test_fraction}, seed={split_seed}"
+        info[GREY_TO_RGB_KEY] = grey_to_rgb_mode(grey[""][tr], channels)
     else:
         if "val" in by_split:
             by_split["train"] = tuple(np.concatenate(p) for p in zip(by_split["train"],
                                                                      by_split.pop("val")))
+            grey["train"] = np.concatenate([grey["train"], grey["val"]])
+        info[GREY_TO_RGB_KEY] = grey_to_rgb_mode(grey["train"], channels)
         train, test = ArrayDataset(*by_split["train"]), ArrayDataset(*by_split["test"])
         info["split"] = "train/ and test/ folders" + (" (+ val/ in train)"
                                                       if use_val == "train" else "")
@@ -625,14 +371,6 @@ def _read_image_folder(tree: _imaging.FileTree, image_size: int | None, test_fra
     info.update(skipped_images=len(bad), skipped_files=bad[:20], ignored=layout.ignored)
     name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
     return DataSplits(train, test, len(classes), tuple(classes), name, info)
-
-
-def _describe(error: Exception) -> str:
-    """A short, one-line reason for an unreadable image."""
-    if type(error).__name__ == "UnidentifiedImageError":
-        return "not a recognised image format"
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _save_cached(path: str, splits: DataSplits) -> None:
@@ -660,109 +398,79 @@ def _load_cached(path: str) -> DataSplits | None:
         return None
 
 
-# --- dispatch ------------------------------------------------------------------
+# --- sources by name -------------------------------------------------------------
+#
+# Each loader takes the whole `dataset` block (`registry.fields`: every field of
+# the base config, the given values first) and reads only the fields listed in
+# its docstring.
+
+@registry.register("digits")
+def _digits_from_config(c) -> DataSplits:
+    """Reads test_fraction, split_seed."""
+    return load_digits(c.test_fraction, c.split_seed)
+
+
+@registry.register("npz")
+def _npz_from_config(c) -> DataSplits:
+    """Reads path, image_size, use_val."""
+    path = require_path(c.path, "a MedMNIST-style .npz file")
+    return load_npz(path, check_image_size(c.image_size), c.use_val)
+
+
+@registry.register("folder")
+def _folder_from_config(c) -> DataSplits:
+    """Reads path, image_size, num_workers and streaming; in memory also test_fraction,
+    split_seed, on_bad_image, cache_dir, use_val; streamed also train_split, test_split
+    (the split folders)."""
+    path = require_path(c.path, "an image folder or .zip")
+    image_size = check_image_size(c.image_size)
+    if not c.streaming:
+        return load_image_folder(path, image_size, c.test_fraction, c.split_seed,
+                                 c.on_bad_image, c.cache_dir or None, c.use_val,
+                                 c.num_workers or None)
+    train = streaming.StreamingImageFolder(path, c.train_split, image_size or 0, c.num_workers)
+    test = streaming.StreamingImageFolder(path, c.test_split, image_size or 0, c.num_workers,
+                                          class_names=train.class_names)
+    return DataSplits(train, test, len(train.class_names), train.class_names,
+                      os.path.splitext(os.path.basename(os.path.normpath(path)))[0],
+                      {"source": path, "streaming": True,
+                       "split": f"{c.train_split}/ and {c.test_split}/ folders"})
+
 
 def load(dataset_config) -> DataSplits:
     """Loads the data set described by a config's `dataset` block.
 
-    `dataset_config` is a ConfigDict (or dict) with `name` in
-    ("digits", "tfds", "npz", "folder") and the fields that source uses:
-    tfds_name, data_dir, path, image_size, test_fraction, split_seed,
-    on_bad_image, cache_dir, use_val, train_split, test_split. Missing fields
-    take the defaults of the loader functions.
+    `dataset_config` is a ConfigDict (or dict) whose `name` is a registered
+    source (`registry.names()`: digits, tfds, npz, folder, kermany, csv and
+    any registered by the user); fields it lacks take the base config's
+    defaults (`dpjax.config.base_config().dataset`).
 
     Raises:
-      ConfigError: unknown `dataset.name` or a field out of range.
+      ConfigError: unknown `dataset.name`, a field that is not a `dataset`
+        field, or a value out of range.
       DataError: missing or malformed data.
     """
-    get = dataset_config.get
-    name = get("name", "digits")
-    image_size = _check_image_size(get("image_size", None))
-    if name == "folder" and get("streaming", False):
-        from dpjax.data import streaming
-
-        path = get("path", "")
-        if not path or not os.path.exists(os.path.expanduser(path)):
-            raise DataError(f"dataset.path={path!r} does not exist: point it at an image "
-                            "folder or zip with train/ and test/ folders.")
-        workers = get("num_workers", 0)
-        train = streaming.StreamingImageFolder(path, "train", image_size or 0, workers)
-        test = streaming.StreamingImageFolder(path, get("test_split", "test"), image_size or 0,
-                                              workers, class_names=train.class_names)
-        return DataSplits(train, test, len(train.class_names), train.class_names,
-                          os.path.splitext(os.path.basename(path.rstrip("/")))[0],
-                          {"source": path, "streaming": True})
-    if name == "tfds" and get("streaming", False):
-        from dpjax.data import tfds_records
-
-        tfds_name, data_dir = get("tfds_name", ""), get("data_dir", None) or None
-        if not tfds_name:
-            raise ConfigError("dataset.tfds_name is empty: set it to a TFDS name such as "
-                              "imagenet2012.")
-        workers = get("num_workers", 0)
-        train = tfds_records.StreamingTfds(tfds_name, data_dir, get("train_split", "train"),
-                                           image_size or 0, workers)
-        test = tfds_records.StreamingTfds(tfds_name, data_dir, get("test_split", "test"),
-                                          image_size or 0, workers)
-        return DataSplits(train, test, len(train.class_names), train.class_names,
-                          tfds_name.partition(":")[0],
-                          {"source": f"tfds:{tfds_name}", "data_dir": train.folder,
-                           "streaming": True})
-    if name == "digits":
-        splits = load_digits(get("test_fraction", 0.2), get("split_seed", 0))
-    elif name == "tfds":
-        splits = load_tfds(get("tfds_name", ""), get("data_dir", None) or None,
-                           get("train_split", "train"), get("test_split", "test"), image_size)
-    elif name in ("npz", "folder"):
-        path = get("path", "")
-        if not path:
-            what = "a MedMNIST-style .npz file" if name == "npz" else "an image folder or .zip"
-            raise DataError(f"dataset.path is empty: set it to {what} "
-                            "(--config.dataset.path=...).")
-        if not os.path.exists(os.path.expanduser(path)):
-            raise DataError(f"dataset.path={path!r} does not exist: check the path (relative "
-                            f"paths start from {os.getcwd()}).")
-        if name == "npz":
-            splits = load_npz(path, image_size, get("use_val", "ignore"))
-        else:
-            splits = load_image_folder(path, image_size, get("test_fraction", 0.2),
-                                       get("split_seed", 0), get("on_bad_image", "error"),
-                                       get("cache_dir", None) or None, get("use_val", "ignore"))
-    elif name in ("csv", "kermany"):
-        from dpjax.data import medical
-
-        path = get("path", "")
-        what = ("the Kermany chest_xray folder or Kaggle .zip" if name == "kermany"
-                else "the APTOS 2019 folder or .zip (train.csv, train_images/)")
-        if not path:
-            raise DataError(f"dataset.path is empty: set it to {what} "
-                            "(--config.dataset.path=...).")
-        if not os.path.exists(os.path.expanduser(path)):
-            raise DataError(f"dataset.path={path!r} does not exist: check the path (relative "
-                            f"paths start from {os.getcwd()}).")
-        workers = get("num_workers", 0) or None
-        if name == "kermany":
-            splits = medical.load_kermany(path, get("image_size", 0), get("on_bad_image", "error"),
-                                          get("use_val", "ignore"),
-                                          get("cache_dir", None) or None, workers)
-        else:
-            splits = medical.load_aptos(path, get("image_size", 0), get("test_fraction", 0.2),
-                                        get("split_seed", 0), get("on_bad_image", "error"),
-                                        get("cache_dir", None) or None, workers)
-    else:
-        raise ConfigError(f"Expected dataset.name in {SOURCES}, got {name!r}.")
-    _check_labels(splits)
+    c = registry.fields(dataset_config)
+    splits = registry.loader(c.name)(c)
+    _check_splits(splits)
     return splits
 
 
-def _check_labels(splits: DataSplits) -> None:
-    """Every label is a class index and the training split is not empty."""
+def _check_splits(splits: DataSplits) -> None:
+    """Class names match, in-memory labels are class indices, training is not empty."""
     if len(splits.class_names) != splits.num_classes:
         raise DataError(f"{splits.name}: {len(splits.class_names)} class names for "
                         f"{splits.num_classes} classes.")
     for split in ("train", "test"):
-        labels = getattr(splits, split).labels
-        if labels.size and (labels.min() < 0 or labels.max() >= splits.num_classes):
+        ds = getattr(splits, split)
+        if not isinstance(ds, RandomAccessDataset):
+            raise DataError(f"{splits.name}: the {split} split ({type(ds).__name__}) lacks "
+                            "__len__, image_shape, labels or fetch.")
+        # Streamed splits build their labels from the class list (folders, TFDS
+        # ClassLabel); reading a TFDS split's labels here would be a pass over it.
+        labels = ds.labels if isinstance(ds, ArrayDataset) else None
+        if labels is not None and labels.size and (labels.min() < 0
+                                                   or labels.max() >= splits.num_classes):
             raise DataError(f"{splits.name}: {split} labels span [{labels.min()}, "
                             f"{labels.max()}], outside the {splits.num_classes} classes.")
     if len(splits.train) == 0:

@@ -2,9 +2,10 @@
 
 Poisson sampling needs random access: the examples of step t are a random
 subset of the whole training set, not the next slice of a shuffled stream.
-`StreamingImageFolder` keeps only the file names and labels in memory
-(an ImageNet-size folder or zip: 1.28 M names), and `fetch(indices)`
-reads and decodes exactly the requested images in a pool of worker threads
+`StreamingImageFolder` (a `RandomAccessDataset`) keeps only the file names
+and labels in memory (an ImageNet-size folder or zip: 1.28 M names), and
+`fetch(indices)` reads and decodes exactly the requested images, returned
+with their labels, in a pool of worker threads
 (Pillow releases the GIL while decoding, and zip reads are thread-safe).
 Each host fetches only its own rows of each batch. `Prefetcher` overlaps the
 fetching of the next step with the current step's computation.
@@ -53,7 +54,7 @@ class StreamingImageFolder:
         self.class_names = tuple(classes)
         self.image_size = image_size or None
         first = _imaging.decode(self.tree.read(self.names[0]), self.image_size)
-        self.image_shape = first.shape
+        self.image_shape = tuple(int(d) for d in first.shape)
         self._channels = first.shape[-1]
         workers = num_workers or _imaging.default_workers()
         self._pool = concurrent.futures.ThreadPoolExecutor(workers)
@@ -77,16 +78,14 @@ class StreamingImageFolder:
                 -1, keepdims=True).astype(np.uint8)
         return arr
 
-    def fetch_examples(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 images, int32 labels) of the given files, in order."""
-        return self.fetch(indices), self.labels[np.asarray(indices, np.int64)]
-
-    def fetch(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 (len(indices), S, S, C), decoded in parallel, in order."""
+    def fetch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 (n, S, S, C) images, int32 (n,) labels) of the given files, decoded in
+        parallel, in order."""
+        indices = [int(i) for i in indices]
         out = np.empty((len(indices),) + tuple(self.image_shape), np.uint8)
-        for k, arr in enumerate(self._pool.map(self._decode, [int(i) for i in indices])):
+        for k, arr in enumerate(self._pool.map(self._decode, indices)):
             out[k] = arr
-        return out
+        return out, self.labels[np.asarray(indices, np.int64)]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

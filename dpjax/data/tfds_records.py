@@ -1,393 +1,438 @@
-"""TFDS data sets prepared as array_record, read by random access without TensorFlow.
+"""TFDS image-classification data sets, read through `tfds.data_source` (no TensorFlow).
 
-ImageNet does not fit in memory, and Poisson sampling needs random access:
-the examples of step t are a random subset of all 1.28 M, not the next slice
-of a shuffled stream. `tfds build imagenet2012 --manual_dir ...
---file_format=array_record` writes the data set as array_record shards, a
-format with an index of its records, so record i is one seek away.
-`StreamingTfds` opens those shards with the `array_record` package alone
-(no TensorFlow, no tensorflow-datasets at run time), parses each record's
-`tf.train.Example` protobuf itself (`parse_example`: a few dozen lines of the
-protobuf wire format), and decodes the JPEGs in a pool of worker threads
-(Pillow releases the GIL while decoding). Each host fetches only its own
-rows of each Poisson batch; `streaming.Prefetcher` overlaps that with the
-previous step's computation.
+`tfds build NAME --file_format=array_record` stores a data set as
+array_record shards, which index their records: record i is one seek away,
+which Poisson sampling needs (the examples of step t are a random subset of
+all N, not the next slice of a shuffled stream). TFDS itself opens the data
+(`tfds.builder(name, data_dir=...).as_data_source(split)`): it resolves
+versions (`imagenet2012:5.1.0`), builder configs (`imagenette/320px-v2`),
+the shard files recorded in dataset_info.json and split slices
+(`train[:90%]`, `train[90%:]`), and parses each record with the data set's
+own feature spec. Images are not decoded by TFDS (`tfds.decode.SkipDecoding`):
+the JPEG/PNG bytes are decoded and resized by `_imaging` in a pool of worker
+threads (Pillow releases the GIL), each thread reading its own chunk of the
+requested records.
 
-The record order is TFDS's own: global index i is record i − offset_s of
-shard s, shards in order, which is what `tfds.data_source(name, split)[i]`
-returns (checked in the tests against a data set TFDS itself wrote).
+* `StreamingTfds`: one split, decoded on demand (a `RandomAccessDataset`).
+* `load_tfds`: both splits read into memory (`ArrayDataset`s). Sets prepared
+  as TFRecord have no random access and are read with TensorFlow when it is
+  installed.
+* `write_prepared`: writes images and labels in the layout
+  `tfds build --file_format=array_record` makes (tests, benchmarks).
 
-Labels live inside the records, so `fetch_examples` returns them with the
-images; the `labels` array of a whole split (needed only to evaluate on it)
-is read on first use by one pass over the split's records.
+Nothing is ever downloaded or built here: training machines are often
+offline, and building most data sets needs TensorFlow.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import glob
-import json
+import contextlib
+import io
 import os
-import re
+from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from dpjax.data import _imaging
-from dpjax.errors import DataError
+from dpjax.data import _common, _imaging, registry
+from dpjax.data.protocol import ArrayDataset, DataSplits
+from dpjax.errors import ConfigError, DataError
 
-# --- tf.train.Example, from the protobuf wire format -------------------------
-#
-#   Example  { Features features = 1; }
-#   Features { map<string, Feature> feature = 1; }   (entries: key = 1, value = 2)
-#   Feature  { oneof { BytesList bytes_list = 1; FloatList float_list = 2;
-#                      Int64List int64_list = 3; } }
-#   BytesList { repeated bytes value = 1; }   Int64List { repeated int64 value = 1; }
-#   FloatList { repeated float value = 1; }   (packed or not)
+_CHUNK = 32  # records one worker thread reads and decodes at a time
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes):
-    """(field number, wire type, value) of a message; value is bytes for length-delimited."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
-        elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
-        elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, wire, value
-
-
-def _int64s(field: bytes) -> list[int]:
-    out = []
-    for number, wire, value in _fields(field):
-        if number != 1:
-            continue
-        if wire == 2:  # packed
-            pos = 0
-            while pos < len(value):
-                v, pos = _varint(value, pos)
-                out.append(v)
-        else:
-            out.append(value)
-    return [v - (1 << 64) if v >= 1 << 63 else v for v in out]
-
-
-def _feature_value(feature: bytes):
-    for number, _, value in _fields(feature):
-        if number == 1:    # BytesList
-            return [v for n, _, v in _fields(value) if n == 1]
-        if number == 3:    # Int64List
-            return _int64s(value)
-        if number == 2:    # FloatList
-            floats = b"".join(v for n, _, v in _fields(value) if n == 1)
-            return np.frombuffer(floats, "<f4").tolist()
-    return []
-
-
-def parse_example(record: bytes, keys: Sequence[str] | None = None) -> dict[str, list]:
-    """A serialized `tf.train.Example` -> {feature name: list of values}.
-
-    bytes_list features give lists of bytes, int64_list lists of ints,
-    float_list lists of floats. With `keys`, other features are skipped
-    without being decoded.
-    """
-    out: dict[str, list] = {}
-    for number, _, features in _fields(record):
-        if number != 1:
-            continue
-        for n, _, entry in _fields(features):
-            if n != 1:
-                continue
-            key, value = None, b""
-            for m, _, v in _fields(entry):
-                if m == 1:
-                    key = bytes(v).decode()
-                elif m == 2:
-                    value = v
-            if key is not None and (keys is None or key in keys):
-                out[key] = _feature_value(value)
-    return out
-
-
-# --- the prepared data set on disk -------------------------------------------
-
-def find_prepared(name: str, data_dir: str | None) -> str:
-    """The folder `data_dir/<name>/<version>` TFDS prepared (newest version if unset).
-
-    `name` is a TFDS name, optionally with a version: "imagenet2012" or
-    "imagenet2012:5.1.0". `data_dir` defaults to $TFDS_DATA_DIR or
-    ~/tensorflow_datasets, as in TFDS.
-    """
-    data_dir = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "")
-                                  or "~/tensorflow_datasets")
-    base, _, version = name.partition(":")
-    root = os.path.join(data_dir, base)
-    how = (f"prepare it with `tfds build {base} --data_dir DIR --file_format=array_record` "
-           "(ImageNet: add --manual_dir with the downloaded tars) and set dataset.data_dir=DIR")
-    if not os.path.isdir(root):
-        raise DataError(f"dataset.tfds_name={name!r}: {root} does not exist: {how}.")
-    versions = sorted((v for v in os.listdir(root)
-                       if re.fullmatch(r"\d+\.\d+\.\d+", v)
-                       and os.path.exists(os.path.join(root, v, "dataset_info.json"))),
-                      key=lambda v: tuple(int(p) for p in v.split(".")))
-    if version:
-        if version not in versions:
-            raise DataError(f"dataset.tfds_name={name!r}: version {version} is not prepared in "
-                            f"{root} (prepared: {versions or 'none'}).")
-        return os.path.join(root, version)
-    if not versions:
-        raise DataError(f"dataset.tfds_name={name!r}: no prepared version (no "
-                        f"dataset_info.json) under {root}: {how}.")
-    return os.path.join(root, versions[-1])
-
-
-def _read_info(folder: str) -> dict:
+def _tfds():
     try:
-        with open(os.path.join(folder, "dataset_info.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{folder}/dataset_info.json is unreadable ({type(e).__name__}: {e}): "
-                        "prepare the data set again.") from None
+        import tensorflow_datasets as tfds
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise DataError("tensorflow-datasets is not installed: pip install "
+                        "tensorflow-datasets.") from None
+    return tfds
 
 
-def _features(folder: str) -> tuple[str, str, tuple[str, ...]]:
-    """(image key, label key, class names) from features.json and <label>.labels.txt."""
-    try:
-        with open(os.path.join(folder, "features.json")) as f:
-            spec = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{folder}/features.json is unreadable ({type(e).__name__}: {e}).") \
-            from None
-    features = spec.get("featuresDict", {}).get("features", {})
-    kinds = {k: v.get("pythonClassName", "").rsplit(".", 1)[-1] for k, v in features.items()}
-    images = [k for k, kind in kinds.items() if kind == "Image"]
-    labels = [k for k, kind in kinds.items() if kind == "ClassLabel"]
-    image_key = "image" if "image" in images else (images[0] if len(images) == 1 else None)
-    label_key = "label" if "label" in labels else (labels[0] if len(labels) == 1 else None)
-    if image_key is None or label_key is None:
-        raise DataError(f"{folder}: features {sorted(kinds)} are not an image and a class "
-                        "label: not an image-classification data set.")
-    names_file = os.path.join(folder, f"{label_key}.labels.txt")
-    if os.path.exists(names_file):
-        with open(names_file) as f:
-            class_names = tuple(line.strip() for line in f if line.strip())
-    else:
-        num = int(features[label_key].get("classLabel", {}).get("numClasses", 0))
-        class_names = tuple(str(i) for i in range(num))
-    if not class_names:
-        raise DataError(f"{folder}: the class label {label_key!r} has no classes.")
-    return image_key, label_key, class_names
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def split_shards(folder: str, name: str, split: str) -> tuple[list[str], list[int]]:
-    """The split's array_record shard paths in order and their record counts."""
-    info = _read_info(folder)
-    fmt = info.get("fileFormat", "tfrecord")
-    splits = {s["name"]: s for s in info.get("splits", [])}
-    if split not in splits:
-        hint = " (slices such as train[:10%] need dataset.streaming=False)" if "[" in split \
-            else ""
-        raise DataError(f"{folder}: no split {split!r}{hint}; its splits are "
-                        f"{sorted(splits)}.")
-    if fmt != "array_record":
-        raise DataError(f"{folder} is stored as {fmt}, which has no random access: rebuild it "
-                        f"with `tfds build {name} --file_format=array_record`, or set "
-                        "dataset.streaming=False (reads it all into memory, needs TensorFlow).")
-    lengths = [int(n) for n in splits[split].get("shardLengths", [])]
+def open_builder(name: str, data_dir: str | None):
+    """The TFDS builder of a prepared data set (nothing is downloaded or built).
+
+    `name` is what `tfds.builder` takes: "cifar10", "imagenet2012:5.1.0",
+    "imagenette/320px-v2". `data_dir` defaults to TFDS's own
+    (~/tensorflow_datasets or $TFDS_DATA_DIR).
+
+    Raises:
+      ConfigError: `name` is empty.
+      DataError: unknown name, version or config, or not prepared in `data_dir`.
+    """
+    if not name:
+        raise ConfigError("dataset.tfds_name is empty: set it to a TFDS name such as cifar10.")
+    tfds = _tfds()
+    data_dir = os.path.expanduser(data_dir) if data_dir else None
     base = name.partition(":")[0]
-    paths = sorted(glob.glob(os.path.join(folder, f"{base}-{split}.array_record-*-of-*")))
-    if len(paths) != len(lengths):
-        raise DataError(f"{folder}: dataset_info.json lists {len(lengths)} shards of split "
-                        f"{split!r} but {len(paths)} files are there: the copy is incomplete.")
-    return paths, lengths
+    where = data_dir or "the default TFDS folder (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    how = (f"prepare it on a machine with internet with `pip install 'dpjax[tf]'` and "
+           f"`tfds build {base} --data_dir DIR --file_format=array_record` (ImageNet: add "
+           "--manual_dir with the downloaded tars), copy DIR here and set dataset.data_dir=DIR, "
+           "or use dataset.name=folder or npz with your own copy")
+    try:
+        # Unknown names make TFDS print its whole catalogue; keep the console clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:
+        folder = os.path.join(data_dir or "$TFDS_DATA_DIR", *name.replace(":", "/").split("/"))
+        raise DataError(f"dataset.tfds_name={name!r} is neither a data set known to "
+                        f"tensorflow-datasets {tfds.__version__} nor prepared in {where} (no "
+                        f"{folder}/dataset_info.json; {type(e).__name__}): check the name "
+                        f"against tfds.list_builders(), or {how}.") from None
+    if not builder.is_prepared():
+        raise DataError(f"TFDS data set {name!r} is not prepared in {where}: {how}.")
+    return builder
+
+
+def _feature_key(features, preferred: str, kind) -> str | None:
+    if preferred in features.keys() and isinstance(features[preferred], kind):
+        return preferred
+    keys = [k for k in features.keys() if isinstance(features[k], kind)]
+    return keys[0] if len(keys) == 1 else None
+
+
+class _NoRandomAccess(DataError):
+    """The split is stored in a format without random access (TFRecord)."""
+
+
+def _open_split(builder, name: str, split: str, decoders: dict):
+    """`builder.as_data_source(split)`, after checking the format, split and shard files."""
+    tfds = _tfds()
+    fmt = builder.info.file_format
+    if fmt not in tfds.core.FileFormat.with_random_access():
+        raise _NoRandomAccess(
+            f"TFDS data set {name!r} in {os.fspath(builder.data_dir)} is stored as "
+            f"{getattr(fmt, 'value', None) or 'tfrecord'}, which has no random access: rebuild "
+            f"it with `tfds build {name.partition(':')[0]} --file_format=array_record`, or set "
+            "dataset.streaming=False (reads it all into memory, needs TensorFlow: pip install "
+            "'dpjax[tf]').")
+    try:
+        instructions = builder.info.splits[split].file_instructions
+    except Exception as e:
+        raise DataError(f"TFDS data set {name!r}: split {split!r} could not be opened "
+                        f"({_first_line(e)}); its splits are "
+                        f"{sorted(builder.info.splits.keys())}.") from None
+    for instruction in instructions:
+        if not tfds.core.Path(instruction.filename).exists():
+            raise DataError(f"TFDS data set {name!r}: {instruction.filename} of split {split!r} "
+                            "is missing: the copy of the prepared data set is incomplete.")
+    return builder.as_data_source(split=split, decoders=decoders)
 
 
 class StreamingTfds:
-    """One split of a TFDS image-classification set prepared as array_record.
+    """One split of a prepared TFDS image-classification set, decoded on demand.
+
+    Satisfies `RandomAccessDataset`. Images are decoded, resized (shorter
+    side to `image_size`, then centre crop) and given the channel count the
+    image feature declares (1 for grey sets, else 3; grey files of a colour
+    set are repeated into RGB) by `num_workers` threads.
 
     Attributes:
-      class_names: the ClassLabel's names (from <label>.labels.txt).
-      image_shape: (S, S, 3) of every fetched image (images are resized to
-        `image_size`, which must be set: ImageNet's images differ in size).
-      labels: int32 (N,), read by one pass over the records on first use.
+      class_names: the ClassLabel's names.
+      image_shape: (H, W, C) of every fetched image: (S, S, C) with
+        `image_size` S, or the feature's fixed size when `image_size` is 0.
+      labels: int32 (N,), read on first use by one pass over the split's
+        records (for ImageNet's training split, a pass over all of it).
+      folder: the prepared data set's folder.
     """
 
-    def __init__(self, name: str, data_dir: str | None, split: str, image_size: int,
-                 num_workers: int = 0):
-        try:
-            from array_record.python import array_record_data_source
-        except ImportError:
-            raise DataError("dataset.streaming with dataset.name=tfds reads array_record "
-                            "files: pip install array-record.") from None
-        if not image_size:
-            raise DataError("dataset.image_size is 0: streamed TFDS images differ in size; set "
+    def __init__(self, name: str, data_dir: str | None, split: str = "train",
+                 image_size: int = 0, num_workers: int = 0, *, builder=None,
+                 sized_by_first: bool = False):
+        """Opens `split` of `name` in `data_dir` (see `open_builder`).
+
+        `builder`: the already opened `open_builder(name, data_dir)`.
+        `sized_by_first`: with `image_size` 0 and an image feature without a
+        fixed size, take (H, W) from record 0 (every other record must then
+        match); otherwise such a set needs `image_size`.
+        """
+        tfds = _tfds()
+        builder = builder if builder is not None else open_builder(name, data_dir)
+        self.name, self.split, self.folder = name, split, os.fspath(builder.data_dir)
+        features = builder.info.features
+        self.image_key = _feature_key(features, "image", tfds.features.Image)
+        self.label_key = _feature_key(features, "label", tfds.features.ClassLabel)
+        if self.image_key is None or self.label_key is None:
+            raise DataError(f"TFDS data set {name!r} has features {sorted(features.keys())}, not "
+                            "an image and a class label: it is not an image-classification set.")
+        self.class_names = tuple(features[self.label_key].names)
+        if not self.class_names:
+            raise DataError(f"TFDS data set {name!r}: the class label {self.label_key!r} has "
+                            "no classes.")
+        skip = {k: tfds.decode.SkipDecoding() for k in features.keys()
+                if isinstance(features[k], tfds.features.Image)}
+        self._source = _open_split(builder, name, split, skip)
+        if len(self._source) == 0:
+            raise DataError(f"TFDS data set {name!r}: split {split!r} is empty.")
+        self.image_size = int(image_size) or None
+        stored = tuple(features[self.image_key].shape)
+        channels = 1 if stored[-1] == 1 else 3
+        if self.image_size:
+            size = (self.image_size, self.image_size)
+        elif stored[0] and stored[1]:
+            size = (int(stored[0]), int(stored[1]))
+        elif sized_by_first:
+            first = self._decode_bytes(self._read([0])[0], 0)
+            size = first.shape[:2]
+        else:
+            raise DataError(f"dataset.image_size is 0, but the images of TFDS data set {name!r} "
+                            f"have no fixed size (feature shape {stored}): set "
                             "dataset.image_size (e.g. 224).")
-        self.folder = find_prepared(name, data_dir)
-        self.split = split
-        self.image_key, self.label_key, self.class_names = _features(self.folder)
-        paths, lengths = split_shards(self.folder, name, split)
-        self._source = array_record_data_source.ArrayRecordDataSource(paths)
-        if len(self._source) != sum(lengths):
-            raise DataError(f"{self.folder}: split {split!r} has {len(self._source)} records, "
-                            f"dataset_info.json says {sum(lengths)}: the copy is damaged.")
-        self.image_size = int(image_size)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            num_workers or _imaging.default_workers())
+        self.image_shape: tuple[int, int, int] = (int(size[0]), int(size[1]), channels)
+        self._workers = num_workers or _imaging.default_workers()
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._workers)
         self._labels: np.ndarray | None = None
-        first, _ = self._decode(self._read([0])[0], 0)
-        self.image_shape = first.shape
 
     def __len__(self) -> int:
         return len(self._source)
 
-    def _read(self, indices: Sequence[int]) -> list[bytes]:
+    def _read(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The parsed records (image bytes undecoded), in order."""
         return self._source.__getitems__([int(i) for i in indices])
 
-    def _decode(self, record: bytes, index: int) -> tuple[np.ndarray, int]:
+    def _decode_bytes(self, record: dict[str, Any], index: int) -> np.ndarray:
         try:
-            example = parse_example(record, (self.image_key, self.label_key))
-            arr = _imaging.decode(bytes(example[self.image_key][0]), self.image_size)
-            label = int(example[self.label_key][0])
-        except Exception as e:
+            return _imaging.decode(bytes(record[self.image_key]), self.image_size)
+        except Exception as e:  # Pillow raises many types for bad files
             raise DataError(f"{self.folder}: record {index} of split {self.split!r} is not a "
-                            f"readable example ({type(e).__name__}: {e}).") from None
-        if arr.shape[-1] == 1:
-            arr = np.repeat(arr, 3, -1)
-        return arr, label
+                            f"readable image ({_first_line(e)}).") from None
 
-    def fetch_examples(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 (n, S, S, 3) images, int32 (n,) labels), decoded in parallel, in order."""
+    def _fetch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images, labels, decoded-as-grey mask) of `indices`, in order."""
         indices = [int(i) for i in indices]
-        records = self._read(indices) if indices else []
-        images = np.empty((len(indices),) + tuple(self.image_shape), np.uint8)
-        labels = np.empty((len(indices),), np.int32)
-        for k, (arr, label) in enumerate(self._pool.map(self._decode, records, indices)):
-            images[k], labels[k] = arr, label
-        return images, labels
+        n = len(indices)
+        images = np.empty((n,) + self.image_shape, np.uint8)
+        labels = np.empty((n,), np.int32)
+        grey = np.zeros((n,), bool)
+        h, w, channels = self.image_shape
 
-    def fetch(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 (n, S, S, 3) images of the given records, in order."""
-        return self.fetch_examples(indices)[0]
+        def work(start: int) -> None:
+            chunk = indices[start:start + _CHUNK]
+            for k, (index, record) in enumerate(zip(chunk, self._read(chunk)), start):
+                arr = self._decode_bytes(record, index)
+                if arr.shape[:2] != (h, w):
+                    raise DataError(f"TFDS data set {self.name!r}: record {index} of split "
+                                    f"{self.split!r} is {arr.shape[1]}x{arr.shape[0]}, not "
+                                    f"{w}x{h}: set dataset.image_size to resize them all.")
+                grey[k] = arr.shape[-1] == 1 and channels == 3
+                images[k] = _imaging.to_channels(arr, channels)
+                labels[k] = record[self.label_key]
+
+        for _ in self._pool.map(work, range(0, n, _CHUNK)):
+            pass
+        return images, labels, grey
+
+    def fetch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 (n, H, W, C) images, int32 (n,) labels) of the given records, in order."""
+        images, labels, _ = self._fetch(indices)
+        return images, labels
 
     @property
     def labels(self) -> np.ndarray:
         if self._labels is None:
-            def read_labels(start: int) -> list[int]:
-                stop = min(start + 1024, len(self))
-                return [int(parse_example(r, (self.label_key,))[self.label_key][0])
-                        for r in self._read(range(start, stop))]
+            n = len(self)
 
-            chunks = self._pool.map(read_labels, range(0, len(self), 1024))
+            def read_labels(start: int) -> list[int]:
+                return [int(r[self.label_key]) for r in self._read(range(start,
+                                                                         min(start + 1024, n)))]
+
+            chunks = self._pool.map(read_labels, range(0, n, 1024))
             self._labels = np.asarray([v for c in chunks for v in c], np.int32)
         return self._labels
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._source.__exit__(None, None, None)
+        inner = getattr(self._source, "data_source", None)  # the array_record reader
+        if hasattr(inner, "__exit__"):
+            inner.__exit__(None, None, None)
+
+
+# --- whole splits in memory ----------------------------------------------------
+
+def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train",
+              test_split: str = "test", image_size: int | None = None,
+              num_workers: int | None = None) -> DataSplits:
+    """A prepared TFDS image-classification set, read into uint8 arrays.
+
+    array_record sets are read by `StreamingTfds` (no TensorFlow needed);
+    TFRecord sets with `tfds.as_numpy(builder.as_dataset(...))` when
+    TensorFlow is installed. Splits may use TFDS slicing, e.g.
+    `train_split="train[:90%]", test_split="train[90%:]"`. Without
+    `image_size` all images must share one size.
+
+    Raises:
+      DataError: unknown name, data not prepared in `data_dir`, unreadable
+        format, or features that are not (image, class label).
+    """
+    image_size = _common.check_image_size(image_size)
+    builder = open_builder(name, data_dir)
+    try:
+        train, test = (StreamingTfds(name, data_dir, split, image_size or 0, num_workers or 0,
+                                     builder=builder, sized_by_first=True)
+                       for split in (train_split, test_split))
+    except _NoRandomAccess:
+        return _load_with_tensorflow(builder, name, data_dir, train_split, test_split,
+                                     image_size)
+    try:
+        if train.image_shape != test.image_shape:
+            raise DataError(f"TFDS data set {name!r}: split {train_split!r} has images of shape "
+                            f"{train.image_shape}, split {test_split!r} {test.image_shape}: set "
+                            "dataset.image_size to resize them all.")
+        train_x, train_y, train_grey = train._fetch(range(len(train)))
+        test_x, test_y, _ = test._fetch(range(len(test)))
+    finally:
+        train.close()
+        test.close()
+    info = {"source": f"tfds:{name}", "data_dir": train.folder,
+            "split": f"{train_split} / {test_split}", "resized_to": image_size,
+            _common.GREY_TO_RGB_KEY: _common.grey_to_rgb_mode(train_grey,
+                                                               train.image_shape[-1])}
+    return DataSplits(ArrayDataset(train_x, train_y), ArrayDataset(test_x, test_y),
+                      len(train.class_names), train.class_names, name, info)
+
+
+def _load_with_tensorflow(builder, name: str, data_dir: str | None, train_split: str,
+                          test_split: str, image_size: int | None) -> DataSplits:
+    """A TFRecord set: TFDS decodes it with TensorFlow (`builder.as_dataset`)."""
+    tfds = _tfds()
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise DataError(f"TFDS data set {name!r} in {os.fspath(builder.data_dir)} is stored as "
+                        f"TFRecord, which needs TensorFlow: pip install 'dpjax[tf]', or rebuild "
+                        f"it with `tfds build {name.partition(':')[0]} "
+                        "--file_format=array_record`.") from None
+    features = builder.info.features
+    image_key = _feature_key(features, "image", tfds.features.Image)
+    label_key = _feature_key(features, "label", tfds.features.ClassLabel)
+    if image_key is None or label_key is None:
+        raise DataError(f"TFDS data set {name!r} has features {sorted(features.keys())}, not an "
+                        "image and a class label: it is not an image-classification set.")
+    class_names = tuple(features[label_key].names)
+
+    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            records = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+        except Exception as e:
+            raise DataError(f"TFDS data set {name!r}: split {split!r} could not be opened "
+                            f"({_first_line(e)}); its splits are "
+                            f"{sorted(builder.info.splits.keys())}.") from None
+        images, labels = [], []
+        for record in records:
+            image = np.asarray(record[image_key])
+            images.append(image[..., None] if image.ndim == 2 else image)
+            labels.append(int(record[label_key]))
+        if not images:
+            raise DataError(f"TFDS data set {name!r}: split {split!r} is empty.")
+        if image_size is None:
+            shapes = Counter(im.shape for im in images)
+            if len(shapes) > 1:
+                (a, _), (b, _) = shapes.most_common(2)
+                raise DataError(f"TFDS data set {name!r} has images of shapes {a} and {b}: set "
+                                "dataset.image_size to resize them all.")
+        if any(im.dtype != np.uint8 or im.shape[-1] not in (1, 3) for im in images):
+            raise DataError(f"TFDS data set {name!r}: images are not uint8 grey or RGB.")
+        return (np.stack([_imaging.fit_array(im, image_size) for im in images]),
+                np.asarray(labels, np.int32))
+
+    (train_x, train_y), (test_x, test_y) = read(train_split), read(test_split)
+    grey_to_rgb = _common.train_grey_to_rgb(train_x, test_x)
+    train_x, test_x = _common.unify_channels(train_x, test_x)
+    return DataSplits(ArrayDataset(train_x, train_y), ArrayDataset(test_x, test_y),
+                      len(class_names), class_names, name,
+                      {"source": f"tfds:{name}", "data_dir": data_dir,
+                       "split": f"{train_split} / {test_split}", "resized_to": image_size,
+                       _common.GREY_TO_RGB_KEY: grey_to_rgb})
+
+
+@registry.register("tfds")
+def load_from_config(c) -> DataSplits:
+    """`dataset.name=tfds`: reads tfds_name, data_dir, train_split, test_split,
+    image_size, streaming, num_workers."""
+    if not c.tfds_name:
+        raise ConfigError("dataset.tfds_name is empty: set it to a TFDS name such as cifar10 "
+                          "(--config.dataset.tfds_name=...).")
+    image_size = _common.check_image_size(c.image_size)
+    data_dir = c.data_dir or None
+    if not c.streaming:
+        return load_tfds(c.tfds_name, data_dir, c.train_split, c.test_split, image_size,
+                         c.num_workers or None)
+    builder = open_builder(c.tfds_name, data_dir)
+    train = StreamingTfds(c.tfds_name, data_dir, c.train_split, image_size or 0, c.num_workers,
+                          builder=builder)
+    test = StreamingTfds(c.tfds_name, data_dir, c.test_split, image_size or 0, c.num_workers,
+                         builder=builder)
+    return DataSplits(train, test, len(train.class_names), train.class_names,
+                      c.tfds_name.partition(":")[0],
+                      {"source": f"tfds:{c.tfds_name}", "data_dir": train.folder,
+                       "split": f"{c.train_split} / {c.test_split}", "resized_to": image_size,
+                       "streaming": True})
 
 
 # --- writing the same layout (tests, benchmarks, your own data) ---------------
 
-def _varint_bytes(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _delimited(number: int, payload: bytes) -> bytes:
-    return _varint_bytes(number << 3 | 2) + _varint_bytes(len(payload)) + payload
-
-
-def serialize_example(features: dict[str, bytes | int | Sequence[int]]) -> bytes:
-    """{name: bytes | int | ints} -> a serialized `tf.train.Example` (bytes_list / int64_list)."""
-    entries = b""
-    for key, value in features.items():
-        if isinstance(value, (bytes, bytearray)):
-            feature = _delimited(1, _delimited(1, bytes(value)))
-        else:
-            ints = [value] if isinstance(value, (int, np.integer)) else list(value)
-            packed = b"".join(_varint_bytes(int(v)) for v in ints)
-            feature = _delimited(3, _delimited(1, packed))
-        entries += _delimited(1, _delimited(1, key.encode()) + _delimited(2, feature))
-    return _delimited(1, entries)
-
-
 def write_prepared(data_dir: str, name: str,
                    splits: dict[str, tuple[Sequence[bytes], Sequence[int]]],
                    class_names: Sequence[str], *, version: str = "1.0.0",
-                   num_shards: int = 1, image_format: str = "jpeg") -> str:
+                   config: str | None = None, num_shards: int = 1, image_format: str = "jpeg",
+                   channels: int = 3) -> str:
     """Writes images and labels in the layout `tfds build --file_format=array_record` makes.
 
-    `splits` maps a split name to (encoded image files, labels). Records are
-    `tf.train.Example`s with "image" (the file bytes), "label" and
-    "file_name", in `num_shards` array_record shards per split, with the
-    dataset_info.json, features.json and label.labels.txt that
-    `StreamingTfds` reads. Returns the folder data_dir/name/version.
+    `splits` maps a split name to (encoded image files, labels). Each record
+    is the `tf.train.Example` TFDS's own serializer makes of {"image": the
+    file's bytes as they are, "label", "file_name": "<split>_<i>.<format>"}
+    for the features Image(shape=(None, None, `channels`), `image_format`),
+    ClassLabel(`class_names`) and Text; the records are written in order
+    into `num_shards` array_record shards per split named by TFDS's default
+    template, and TFDS's `DatasetInfo` writes dataset_info.json (file format,
+    shard lengths and template, `config`), features.json and
+    label.labels.txt. Returns the folder data_dir/name[/config]/version.
     """
     from array_record.python import array_record_module
 
-    folder = os.path.join(data_dir, name, version)
+    tfds = _tfds()
+    folder = os.path.join(data_dir, name, *([config] if config else []), version)
     os.makedirs(folder, exist_ok=True)
-    info_splits = []
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, channels), encoding_format=image_format),
+        "label": tfds.features.ClassLabel(names=list(class_names)),
+        "file_name": tfds.features.Text(),
+    })
+    split_infos = []
     for split, (images, labels) in splits.items():
+        template = tfds.core.ShardedFileTemplate(
+            data_dir=tfds.core.Path(folder), template=tfds.core.naming.DEFAULT_FILENAME_TEMPLATE,
+            dataset_name=name, split=split, filetype_suffix="array_record")
         bounds = np.linspace(0, len(images), num_shards + 1).astype(int)
-        lengths = []
-        for s in range(num_shards):
-            path = os.path.join(folder, f"{name}-{split}.array_record-{s:05d}-of-"
-                                        f"{num_shards:05d}")
-            writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+        num_bytes = 0
+        for s, path in enumerate(template.sharded_filepaths(num_shards)):
+            writer = array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1")
             for i in range(bounds[s], bounds[s + 1]):
-                writer.write(serialize_example({
-                    "file_name": f"{split}_{i}.{image_format}".encode(),
-                    "image": images[i], "label": int(labels[i])}))
+                record = features.serialize_example({
+                    "image": io.BytesIO(bytes(images[i])), "label": int(labels[i]),
+                    "file_name": f"{split}_{i}.{image_format}"})
+                num_bytes += len(record)
+                writer.write(record)
             writer.close()
-            lengths.append(str(bounds[s + 1] - bounds[s]))
-        info_splits.append({"name": split, "shardLengths": lengths,
-                            "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"})
-    info = {"name": name, "version": version, "fileFormat": "array_record",
-            "splits": info_splits}
-    features = {"pythonClassName": "tensorflow_datasets.core.features.features_dict.FeaturesDict",
-                "featuresDict": {"features": {
-                    "image": {"pythonClassName":
-                              "tensorflow_datasets.core.features.image_feature.Image",
-                              "image": {"shape": {"dimensions": ["-1", "-1", "3"]},
-                                        "dtype": "uint8", "encodingFormat": image_format}},
-                    "label": {"pythonClassName":
-                              "tensorflow_datasets.core.features.class_label_feature.ClassLabel",
-                              "classLabel": {"numClasses": str(len(class_names))}},
-                    "file_name": {"pythonClassName":
-                                  "tensorflow_datasets.core.features.text_feature.Text",
-                                  "text": {}}}}}
-    for file, content in (("dataset_info.json", info), ("features.json", features)):
-        with open(os.path.join(folder, file), "w") as f:
-            json.dump(content, f, indent=1)
-    with open(os.path.join(folder, "label.labels.txt"), "w") as f:
-        f.write("\n".join(class_names) + "\n")
+        split_infos.append(tfds.core.SplitInfo(
+            name=split, shard_lengths=[int(b - a) for a, b in zip(bounds[:-1], bounds[1:])],
+            num_bytes=num_bytes, filename_template=template))
+    identity = tfds.core.DatasetIdentity(
+        name=name, version=tfds.core.Version(version), data_dir=folder, module_name="",
+        config_name=config, config_description=None)
+    info = tfds.core.DatasetInfo(builder=identity, features=features,
+                                 description="written by dpjax.data.tfds_records.write_prepared",
+                                 supervised_keys=("image", "label"))
+    info.set_file_format("array_record")
+    info.set_splits(tfds.core.SplitDict(split_infos))
+    info.write_to_directory(folder)
     return folder

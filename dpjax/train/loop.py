@@ -180,13 +180,13 @@ def account(config: ml_collections.ConfigDict, data: sources.DataSplits | None =
 
 def image_shape(ds) -> tuple:
     """(H, W, C) of a split held in memory or streamed from files."""
-    return tuple(ds.image_shape) if hasattr(ds, "fetch") else tuple(ds.images.shape[1:])
+    return tuple(ds.image_shape)
 
 
 def images_of(ds, start: int, stop: int) -> np.ndarray:
     """Images start..stop of a split, from memory or decoded from files."""
-    if hasattr(ds, "fetch"):
-        return ds.fetch(range(start, min(stop, len(ds))))
+    if not isinstance(ds, sources.ArrayDataset):
+        return ds.fetch(range(start, min(stop, len(ds))))[0]
     return ds.images[start:stop]
 
 
@@ -353,7 +353,7 @@ def evaluate_arrays(predict, params, images: np.ndarray, labels: np.ndarray,
     probs = []
     n = len(labels)
     for start in range(0, n, batch_size):
-        chunk = images_of(images, start, start + batch_size) if hasattr(images, "fetch") \
+        chunk = images_of(images, start, start + batch_size) if not isinstance(images, np.ndarray) \
             else images[start:start + batch_size]
         pad = batch_size - len(chunk) if n > batch_size else 0
         if pad:  # keep one compiled shape
@@ -418,7 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                           "use privacy.clipping=vmap.")
     num_train = len(units) if units is not None else len(data.train)
     config_lib.validate_for_data(config, num_train)
-    streaming = hasattr(data.train, "fetch")
+    streaming = not isinstance(data.train, sources.ArrayDataset)
     channels = image_shape(data.train)[-1]
     if len(config.dataset.mean) not in (1, channels):
         raise ConfigError(f"dataset.mean has {len(config.dataset.mean)} values but the images "
@@ -549,7 +549,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 idx, mask = batch.indices[m, host_rows], batch.mask[m, host_rows]
                 images = np.zeros((len(idx),) + image_shape(data.train), np.uint8)
                 labels = np.zeros((len(idx),), np.int32)
-                images[mask], labels[mask] = data.train.fetch_examples(idx[mask])
+                images[mask], labels[mask] = data.train.fetch(idx[mask])
                 out.append(_to_devices((images.reshape((local, -1) + images.shape[1:]),
                                         labels.reshape(local, -1))))
             return batch, out
@@ -785,7 +785,7 @@ def _clinical_metrics(config, data, test_probs, predict, state) -> dict:
 
 def _split_images(ds):
     """The array of a split in memory, or the streaming source itself."""
-    return ds if hasattr(ds, "fetch") else ds.images
+    return ds.images if isinstance(ds, sources.ArrayDataset) else ds
 
 
 def _is_main_thread() -> bool:

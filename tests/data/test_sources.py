@@ -1,4 +1,4 @@
-"""Array sources: digits, MedMNIST-style npz, TFDS error paths, `load` dispatch."""
+"""Array sources: digits, MedMNIST-style npz, TFDS error paths, the registry behind `load`."""
 
 import socket
 
@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dpjax.data import sources
+from dpjax.data import registry, sources, tfds_records
 from dpjax.errors import ConfigError, DataError
 
 
@@ -128,7 +128,7 @@ def test_npz_bad_options(tmp_path):
 
 def test_tfds_not_prepared_says_how_to_provide_it(tmp_path, no_network):
     with pytest.raises(DataError, match="not prepared") as e:
-        sources.load_tfds("mnist", data_dir=str(tmp_path))
+        tfds_records.load_tfds("mnist", data_dir=str(tmp_path))
     message = str(e.value)
     assert "\n" not in message and "tfds build mnist" in message and str(tmp_path) in message
     assert list(tmp_path.iterdir()) == []  # nothing was written either
@@ -136,7 +136,7 @@ def test_tfds_not_prepared_says_how_to_provide_it(tmp_path, no_network):
 
 def test_tfds_unknown_name(tmp_path, no_network):
     with pytest.raises(DataError, match="dataset.tfds_name='no_such_set_xyz'") as e:
-        sources.load_tfds("no_such_set_xyz", data_dir=str(tmp_path))
+        tfds_records.load_tfds("no_such_set_xyz", data_dir=str(tmp_path))
     assert "\n" not in str(e.value)
 
 
@@ -152,7 +152,69 @@ def test_load_dispatch_and_missing_fields(tmp_path):
         sources.load({"name": "folder"})
     with pytest.raises(DataError, match="dataset.path="):
         sources.load({"name": "npz", "path": str(tmp_path / "missing.npz")})
-    with pytest.raises(ConfigError, match="dataset.name"):
+    with pytest.raises(ConfigError, match="dataset.name") as e:
         sources.load({"name": "imagenet"})
+    assert str(e.value) == ("Expected dataset.name in ('csv', 'digits', 'folder', 'kermany', "
+                            "'npz', 'tfds'), got 'imagenet'.")
     with pytest.raises(ConfigError, match="dataset.image_size"):
         sources.load({"name": "npz", "path": path, "image_size": -3})
+
+
+def test_use_val_is_a_config_field_the_loaders_read(tmp_path):
+    from dpjax import config as config_lib
+
+    path, _ = _medmnist(tmp_path)
+    c = config_lib.base_config()
+    c.dataset.name, c.dataset.path, c.dataset.use_val = "npz", path, "train"
+    assert len(sources.load(c.dataset).train) == 16  # 12 train + 4 val
+    c.dataset.use_val = "test"
+    with pytest.raises(ConfigError, match="dataset.use_val"):
+        config_lib.validate(c)
+    with pytest.raises(ConfigError, match="dataset.use_val"):
+        sources.load(c.dataset)
+
+
+def test_fields_outside_the_dataset_block_are_refused():
+    with pytest.raises(ConfigError, match="dataset.use_vall is not a dataset field"):
+        sources.load({"name": "digits", "use_vall": "train"})
+
+
+def test_a_registered_source_is_loadable_by_name(monkeypatch):
+    from dpjax import config as config_lib
+
+    monkeypatch.setattr(registry, "_LOADERS", dict(registry._LOADERS))
+    seen = {}
+
+    @registry.register("tiny")
+    def tiny(c):
+        seen["c"] = c
+        images = np.zeros((4, 2, 2, 1), np.uint8)
+        return sources.DataSplits(sources.ArrayDataset(images, np.arange(4, dtype=np.int32)),
+                                  sources.ArrayDataset(images, np.zeros(4, np.int32)), 4,
+                                  ("a", "b", "c", "d"), "tiny")
+
+    assert "tiny" in registry.names()
+    d = sources.load({"name": "tiny", "image_size": 3})
+    assert len(d.train) == 4
+    # The loader sees every field of the base config's dataset block, given values first.
+    assert seen["c"].image_size == 3 and seen["c"].use_val == "ignore"
+    assert set(seen["c"].keys()) == set(config_lib.base_config().dataset.keys())
+    c = config_lib.base_config()
+    c.dataset.name, c.privacy.target_epsilon = "tiny", 1.0
+    config_lib.validate(c)  # registered names are valid config values
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("digits")(tiny)
+
+
+def test_loaded_splits_satisfy_the_protocol(tmp_path):
+    d = sources.load({"name": "digits"})
+    for ds in (d.train, d.test):
+        assert isinstance(ds, sources.RandomAccessDataset)
+        assert isinstance(ds, sources.ArrayDataset)
+    assert d.train.image_shape == (8, 8, 1)
+    x, y = d.train.fetch([5, 0, 5])
+    np.testing.assert_array_equal(x, d.train.images[[5, 0, 5]])
+    np.testing.assert_array_equal(y, d.train.labels[[5, 0, 5]])
+    assert x.dtype == np.uint8 and y.dtype == np.int32
+    x, y = d.train.fetch([])
+    assert x.shape == (0, 8, 8, 1) and y.shape == (0,)

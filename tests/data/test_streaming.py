@@ -27,9 +27,15 @@ def test_fetch_matches_in_memory_loader(tmp_path):
     memory = sources.load_image_folder(str(tmp_path / "d"))
     stream = streaming.StreamingImageFolder(str(tmp_path / "d"), "train", num_workers=2)
     assert len(stream) == len(memory.train) and stream.class_names == memory.class_names
-    order = [5, 0, 17, 3]
-    np.testing.assert_array_equal(stream.fetch(order), memory.train.images[order])
+    assert isinstance(stream, sources.RandomAccessDataset)
+    assert stream.image_shape == memory.train.image_shape == (12, 12, 3)
+    order = [5, 0, 17, 3, 5]
+    images, labels = stream.fetch(order)
+    np.testing.assert_array_equal(images, memory.train.images[order])
+    np.testing.assert_array_equal(labels, memory.train.labels[order])
     np.testing.assert_array_equal(stream.labels, memory.train.labels)
+    images, labels = stream.fetch([])
+    assert images.shape == (0, 12, 12, 3) and labels.shape == (0,) and labels.dtype == np.int32
 
 
 def test_streaming_training_equals_in_memory_training(tmp_path):
@@ -38,7 +44,7 @@ def test_streaming_training_equals_in_memory_training(tmp_path):
     _, streamed = assert_same_training(small_dp_config(name="folder", path=path),
                                        small_dp_config(name="folder", path=path,
                                                        streaming=True), tmp_path)
-    assert streamed["test_train_overlap"] is None
+    assert streamed.get("test_train_overlap") is None  # never counted on streamed splits
 
 
 def test_missing_split_is_a_clear_error(tmp_path):
@@ -56,7 +62,7 @@ def test_random_access_throughput_on_real_jpegs():
     assert len(source) == 50_000
     indices = np.random.default_rng(0).choice(50_000, 2048, replace=False)
     start = time.perf_counter()
-    images = source.fetch(indices)
+    images, _ = source.fetch(indices)
     rate = len(indices) / (time.perf_counter() - start)
     assert images.shape == (2048, 32, 32, 3)
     print(f"random-access decode: {rate:.0f} images/s")

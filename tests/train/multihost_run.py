@@ -42,7 +42,7 @@ if tfds_dir:
 
     c.dataset.name, c.dataset.tfds_name, c.dataset.data_dir = "tfds", "synthetic", tfds_dir
     c.dataset.streaming, c.dataset.image_size = True, 8
-    fetch = tfds_records.StreamingTfds.fetch_examples
+    fetch = tfds_records.StreamingTfds.fetch
 
     def logged_fetch(self, indices):
         if self.split == "train":
@@ -51,7 +51,7 @@ if tfds_dir:
                 f.write(" ".join(str(int(i)) for i in indices) + "\n")
         return fetch(self, indices)
 
-    tfds_records.StreamingTfds.fetch_examples = logged_fetch
+    tfds_records.StreamingTfds.fetch = logged_fetch
     loop.train_and_evaluate(c, workdir)
 else:
     loop.train_and_evaluate(c, workdir, data=make_splits(num_train=96, num_test=16, size=8,
