@@ -10,7 +10,11 @@ one host does for its rows of a batch (`dpjax.train.loop`'s prefetch thread).
     python benchmarks/input_speed.py --synthetic 512 --size 224 --workers 1,2,4,8
 
 `--synthetic N` writes N ImageNet-like JPEGs (500x375, quality 90, about
-ImageNet's mean size) as a TFDS array_record layout in a temporary folder.
+ImageNet's mean size) as a TFDS array_record layout in a temporary folder;
+`--synthetic_small N` writes N 32x32 PNGs (CIFAR-like, 8 shards), where
+reading and parsing the records is a larger share of the time. For TFDS
+sources the table also times the record read alone (array_record read and
+`tfds.data_source`'s parse of the tf.train.Example, image bytes undecoded).
 """
 
 from __future__ import annotations
@@ -47,6 +51,22 @@ def synthetic_tfds(root: str, n: int) -> tuple[str, str]:
     return "synthetic", f"synthetic: {n} JPEGs 500x375 q90, mean {mean_kb:.0f} KiB"
 
 
+def synthetic_small_tfds(root: str, n: int) -> tuple[str, str]:
+    from PIL import Image
+
+    from dpjax.data import tfds_records
+
+    rng = np.random.default_rng(0)
+    pngs = []
+    for _ in range(n):
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(out, format="PNG")
+        pngs.append(out.getvalue())
+    tfds_records.write_prepared(root, "small", {"train": (pngs, np.arange(n) % 10)},
+                                [str(i) for i in range(10)], num_shards=8, image_format="png")
+    return "small", f"synthetic_small: {n} PNGs 32x32"
+
+
 def open_source(args, workers: int):
     if args.folder:
         from dpjax.data import streaming
@@ -64,6 +84,8 @@ def main() -> None:
     parser.add_argument("--folder", default="", help="an image folder or zip instead")
     parser.add_argument("--split", default="train")
     parser.add_argument("--synthetic", type=int, default=0, help="write N JPEGs and use them")
+    parser.add_argument("--synthetic_small", type=int, default=0,
+                        help="write N 32x32 PNGs and use them")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=256, help="indices per fetch")
     parser.add_argument("--batches", type=int, default=4)
@@ -71,26 +93,33 @@ def main() -> None:
     args = parser.parse_args()
     tmp = None
     what = args.folder or f"tfds:{args.tfds} in {args.data_dir}"
-    if args.synthetic:
+    if args.synthetic or args.synthetic_small:
         tmp = tempfile.TemporaryDirectory()
-        args.tfds, what = synthetic_tfds(tmp.name, args.synthetic)
+        make = synthetic_tfds if args.synthetic else synthetic_small_tfds
+        args.tfds, what = make(tmp.name, args.synthetic or args.synthetic_small)
         args.data_dir = tmp.name
     print(f"{what}; resize to {args.size}; {os.cpu_count()} CPUs ({platform.processor() or '?'})")
-    print("| workers | images/s | ms per batch of", args.batch, "|")
-    print("|---|---|---|")
+    print("| workers | images/s (fetch: read + decode + resize) | ms per batch of", args.batch,
+          "| records/s (read + parse alone, 1 thread) |")
+    print("|---|---|---|---|")
     for workers in [int(w) for w in args.workers.split(",")]:
         source = open_source(args, workers)
         rng = np.random.default_rng(workers)
         source.fetch(rng.choice(len(source), min(32, len(source))))  # warm up
-        times = []
+        times, read_times = [], []
         for _ in range(args.batches):
             indices = rng.choice(len(source), args.batch)
             start = time.perf_counter()
             source.fetch(indices)
             times.append(time.perf_counter() - start)
+            if hasattr(source, "_read"):  # TFDS: the records alone, image bytes undecoded
+                start = time.perf_counter()
+                source._read(indices)
+                read_times.append(time.perf_counter() - start)
         source.close()
         t = float(np.median(times))
-        print(f"| {workers} | {args.batch / t:.0f} | {1000 * t:.0f} |")
+        reads = f"{args.batch / float(np.median(read_times)):.0f}" if read_times else "-"
+        print(f"| {workers} | {args.batch / t:.0f} | {1000 * t:.0f} | {reads} |")
     if tmp:
         tmp.cleanup()
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dpjax.data import _common, _imaging, registry
-from dpjax.data.protocol import ArrayDataset, DataSplits
+from dpjax.data.protocol import ArrayDataset, DataSplits, RandomAccessDataset
 from dpjax.errors import ConfigError, DataError
 
 KERMANY_CLASSES = ("NORMAL", "PNEUMONIA")
@@ -63,7 +63,7 @@ def kermany_patient_id(file_name: str) -> str | None:
     return m.group(1).upper() if m else None
 
 
-def class_counts(dataset: ArrayDataset | np.ndarray,
+def class_counts(dataset: RandomAccessDataset | np.ndarray,
                  class_names: Sequence[str] | None = None) -> dict[Any, int]:
     """Images per class of a split: {class name (or index): count}, every class listed.
 
@@ -72,11 +72,11 @@ def class_counts(dataset: ArrayDataset | np.ndarray,
     such. This is why the loaders never put them in `DataSplits.info`.
 
     Args:
-      dataset: an `ArrayDataset` or an int label array (N,).
+      dataset: a split (its `labels`) or an int label array (N,).
       class_names: names in class-index order; without them the keys are
         the class indices 0..max label.
     """
-    labels = np.asarray(getattr(dataset, "labels", dataset)).reshape(-1)
+    labels = np.asarray(dataset if isinstance(dataset, np.ndarray) else dataset.labels).reshape(-1)
     n = len(class_names) if class_names is not None else (int(labels.max()) + 1
                                                           if labels.size else 0)
     counts = np.bincount(labels.astype(np.int64), minlength=n) if labels.size else np.zeros(n)

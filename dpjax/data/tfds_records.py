@@ -7,11 +7,13 @@ all N, not the next slice of a shuffled stream). TFDS itself opens the data
 (`tfds.builder(name, data_dir=...).as_data_source(split)`): it resolves
 versions (`imagenet2012:5.1.0`), builder configs (`imagenette/320px-v2`),
 the shard files recorded in dataset_info.json and split slices
-(`train[:90%]`, `train[90%:]`), and parses each record with the data set's
-own feature spec. Images are not decoded by TFDS (`tfds.decode.SkipDecoding`):
-the JPEG/PNG bytes are decoded and resized by `_imaging` in a pool of worker
-threads (Pillow releases the GIL), each thread reading its own chunk of the
-requested records.
+(`train[:90%]`, `train[90%:]`) and reads the records. Each record is a
+`tf.train.Example`, parsed by TFDS's own protobuf class, of which only the
+image bytes and the label are kept (for feature specs other than one
+top-level Image and ClassLabel, TFDS parses the whole record with the data
+set's spec, images skipped: `tfds.decode.SkipDecoding`, several times slower
+per record). The JPEG/PNG bytes are decoded and resized by `_imaging` in a
+pool of worker threads (Pillow releases the GIL).
 
 * `StreamingTfds`: one split, decoded on demand (a `RandomAccessDataset`).
 * `load_tfds`: both splits read into memory (`ArrayDataset`s). Sets prepared
@@ -32,7 +34,6 @@ import io
 import os
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from dpjax.data import _common, _imaging, registry
 from dpjax.data.protocol import ArrayDataset, DataSplits
 from dpjax.errors import ConfigError, DataError
 
-_CHUNK = 32  # records one worker thread reads and decodes at a time
+_CHUNK = 16  # records one worker thread parses and decodes at a time
 
 
 def _tfds():
@@ -100,12 +101,20 @@ def _feature_key(features, preferred: str, kind) -> str | None:
     return keys[0] if len(keys) == 1 else None
 
 
+def _single_value(feature, kinds: str) -> bool:
+    """Serialized as one scalar of a NumPy dtype kind in `kinds` ("O": bytes)."""
+    info = feature.get_serialized_info()
+    return (getattr(info, "shape", None) == () and getattr(info, "sequence_rank", 0) == 0
+            and np.dtype(info.np_dtype).kind in kinds)
+
+
 class _NoRandomAccess(DataError):
     """The split is stored in a format without random access (TFRecord)."""
 
 
-def _open_split(builder, name: str, split: str, decoders: dict):
-    """`builder.as_data_source(split)`, after checking the format, split and shard files."""
+def _open_split(builder, name: str, split: str, **how):
+    """`builder.as_data_source(split, **how)`, after checking the format, split and shard
+    files."""
     tfds = _tfds()
     fmt = builder.info.file_format
     if fmt not in tfds.core.FileFormat.with_random_access():
@@ -125,7 +134,7 @@ def _open_split(builder, name: str, split: str, decoders: dict):
         if not tfds.core.Path(instruction.filename).exists():
             raise DataError(f"TFDS data set {name!r}: {instruction.filename} of split {split!r} "
                             "is missing: the copy of the prepared data set is incomplete.")
-    return builder.as_data_source(split=split, decoders=decoders)
+    return builder.as_data_source(split=split, **how)
 
 
 class StreamingTfds:
@@ -168,9 +177,22 @@ class StreamingTfds:
         if not self.class_names:
             raise DataError(f"TFDS data set {name!r}: the class label {self.label_key!r} has "
                             "no classes.")
-        skip = {k: tfds.decode.SkipDecoding() for k in features.keys()
-                if isinstance(features[k], tfds.features.Image)}
-        self._source = _open_split(builder, name, split, skip)
+        # The usual case, a top-level Image and ClassLabel each serialized as one value:
+        # TFDS's reader hands over the raw records and TFDS's own tf.train.Example class
+        # parses them, picking the two features. Otherwise TFDS parses every feature with
+        # the data set's spec (images left encoded), several times slower per record.
+        self._raw = (builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+                     and _single_value(features[self.image_key], "O")
+                     and _single_value(features[self.label_key], "iu"))
+        if self._raw:
+            from tensorflow_datasets.proto import tf_example_pb2
+
+            self._example = tf_example_pb2.Example
+            how = {"deserialize_method": tfds.decode.DeserializeMethod.RAW_BYTES}
+        else:
+            how = {"decoders": {k: tfds.decode.SkipDecoding() for k in features.keys()
+                                if isinstance(features[k], tfds.features.Image)}}
+        self._source = _open_split(builder, name, split, **how)
         if len(self._source) == 0:
             raise DataError(f"TFDS data set {name!r}: split {split!r} is empty.")
         self.image_size = int(image_size) or None
@@ -195,37 +217,49 @@ class StreamingTfds:
     def __len__(self) -> int:
         return len(self._source)
 
-    def _read(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """The parsed records (image bytes undecoded), in order."""
-        return self._source.__getitems__([int(i) for i in indices])
+    def _pick(self, record) -> tuple[bytes, int]:
+        """(encoded image, label) of one record as the data source returns it."""
+        if not self._raw:
+            return record[self.image_key], int(record[self.label_key])
+        feature = self._example.FromString(record).features.feature
+        return (feature[self.image_key].bytes_list.value[0],
+                feature[self.label_key].int64_list.value[0])
 
-    def _decode_bytes(self, record: dict[str, Any], index: int) -> np.ndarray:
+    def _read(self, indices: Sequence[int]) -> list[tuple[bytes, int]]:
+        """(encoded image, label) of the given records, in order."""
+        return [self._pick(r) for r in self._source.__getitems__([int(i) for i in indices])]
+
+    def _decode_bytes(self, record: tuple[bytes, int], index: int) -> np.ndarray:
         try:
-            return _imaging.decode(bytes(record[self.image_key]), self.image_size)
+            return _imaging.decode(record[0], self.image_size)
         except Exception as e:  # Pillow raises many types for bad files
             raise DataError(f"{self.folder}: record {index} of split {self.split!r} is not a "
                             f"readable image ({_first_line(e)}).") from None
 
     def _fetch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(images, labels, decoded-as-grey mask) of `indices`, in order."""
+        """(images, labels, decoded-as-grey mask) of `indices`, in order.
+
+        One read of all the records (array_record reads the shards in parallel),
+        then the worker threads parse and decode chunks of them.
+        """
         indices = [int(i) for i in indices]
         n = len(indices)
         images = np.empty((n,) + self.image_shape, np.uint8)
         labels = np.empty((n,), np.int32)
         grey = np.zeros((n,), bool)
         h, w, channels = self.image_shape
+        records = self._source.__getitems__(indices) if n else []
 
         def work(start: int) -> None:
-            chunk = indices[start:start + _CHUNK]
-            for k, (index, record) in enumerate(zip(chunk, self._read(chunk)), start):
-                arr = self._decode_bytes(record, index)
+            for k in range(start, min(start + _CHUNK, n)):
+                image, labels[k] = self._pick(records[k])
+                arr = self._decode_bytes((image, labels[k]), indices[k])
                 if arr.shape[:2] != (h, w):
-                    raise DataError(f"TFDS data set {self.name!r}: record {index} of split "
+                    raise DataError(f"TFDS data set {self.name!r}: record {indices[k]} of split "
                                     f"{self.split!r} is {arr.shape[1]}x{arr.shape[0]}, not "
                                     f"{w}x{h}: set dataset.image_size to resize them all.")
                 grey[k] = arr.shape[-1] == 1 and channels == 3
                 images[k] = _imaging.to_channels(arr, channels)
-                labels[k] = record[self.label_key]
 
         for _ in self._pool.map(work, range(0, n, _CHUNK)):
             pass
@@ -242,8 +276,8 @@ class StreamingTfds:
             n = len(self)
 
             def read_labels(start: int) -> list[int]:
-                return [int(r[self.label_key]) for r in self._read(range(start,
-                                                                         min(start + 1024, n)))]
+                return [int(label) for _, label in self._read(range(start,
+                                                                    min(start + 1024, n)))]
 
             chunks = self._pool.map(read_labels, range(0, n, 1024))
             self._labels = np.asarray([v for c in chunks for v in c], np.int32)

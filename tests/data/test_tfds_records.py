@@ -259,17 +259,22 @@ def test_reads_what_tfds_itself_wrote():
     # tests/data/fixtures/tfds: the real imagenet2012 builder of tensorflow-datasets 4.9.10
     # (array-record 0.8.6) run on tiny fake ILSVRC2012 tars; expected.json is what
     # tfds.data_source returned for each index (see its "generated_by").
+    import tensorflow_datasets as tfds
+
     expected = json.load(open(os.path.join(FIXTURE, "expected.json")))
     for split, rows in expected["splits"].items():
         source = tr.StreamingTfds("imagenet2012", FIXTURE, split, image_size=16)
+        assert source._raw  # the fast path: TFDS's raw records, parsed by TFDS's proto class
         assert len(source) == len(rows) and len(source.class_names) == 1000
         assert source.class_names[0] == "n01440764"
         np.testing.assert_array_equal(source.labels, [r["label"] for r in rows])
-        records = source._read(range(len(rows)))  # as tfds.data_source parses them
-        for row, record in zip(rows, records):
-            assert record["file_name"] == row["file_name"].encode()
-            assert record["label"] == row["label"]
-            image = np.asarray(Image.open(io.BytesIO(record["image"])).convert("RGB"))
+        reference = tfds.data_source("imagenet2012", split=split, data_dir=FIXTURE,
+                                     decoders={"image": tfds.decode.SkipDecoding()})
+        records = source._read(range(len(rows)))
+        for i, (row, (image_bytes, label)) in enumerate(zip(rows, records)):
+            assert reference[i]["file_name"] == row["file_name"].encode()
+            assert image_bytes == reference[i]["image"] and label == row["label"]
+            image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
             assert image.shape == (row["height"], row["width"], 3)
             assert int(image.sum(dtype=np.int64)) == row["pixel_sum"]
         x, y = source.fetch([len(rows) - 1, 0])
@@ -278,3 +283,17 @@ def test_reads_what_tfds_itself_wrote():
         # A slice of a split, as TFDS resolves it across the two shards.
         half = tr.StreamingTfds("imagenet2012", FIXTURE, f"{split}[50%:]", image_size=16)
         np.testing.assert_array_equal(half.labels, [r["label"] for r in rows[len(rows) // 2:]])
+
+
+def test_full_tfds_parse_gives_the_same_examples(tmp_path, monkeypatch):
+    # Feature specs other than one plain Image and ClassLabel are parsed by TFDS itself.
+    images, labels, _, _ = _toy(tmp_path)
+    fast = tr.StreamingTfds("toy", str(tmp_path), "train[5:25]", image_size=12)
+    monkeypatch.setattr(tr, "_single_value", lambda feature, kinds: False)
+    slow = tr.StreamingTfds("toy", str(tmp_path), "train[5:25]", image_size=12)
+    assert fast._raw and not slow._raw
+    order = [19, 0, 7, 7]
+    for a, b in zip(fast.fetch(order), slow.fetch(order)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(slow.fetch(order)[0], images[5:25][order])
+    np.testing.assert_array_equal(slow.labels, labels[5:25])
