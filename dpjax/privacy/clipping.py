@@ -69,7 +69,10 @@ def clip_and_sum(
 
     def weighted_sum(g):
         g = jnp.where(factor.reshape((-1,) + (1,) * (g.ndim - 1)) > 0, g, 0)  # NaN * 0 = NaN
-        return jnp.einsum("b,b...->...", factor, g.astype(jnp.float32))
+        # HIGHEST: on GPUs (TF32) and TPUs (bf16 passes) the default precision would round
+        # g before weighting it, and example i would contribute c_i·round(g_i), not c_i·g_i.
+        return jnp.einsum("b,b...->...", factor, g.astype(jnp.float32),
+                          precision=jax.lax.Precision.HIGHEST)
 
     return jax.tree_util.tree_map(weighted_sum, per_example_grads), norms
 

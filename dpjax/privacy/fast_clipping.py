@@ -28,6 +28,8 @@ same clipped sum can be had from ONE forward and ONE backward pass:
 4. The clipped sum Σ_i c_i ∇ℓ_i is, per layer, the layer's parameter VJP at
    the stored inputs with the cotangent c_i · g_i: one weighted contraction
    per layer (book-keeping), no second backward pass through the network.
+   It runs in float32 whatever the compute dtype, on the very values the
+   norms read (below).
 
 Weight-standardised convolutions (`layers.WSConv`) use ŵ = (v − mean v)/s per
 output channel o, with s = sqrt(max(n·var v, eps)), n the fan-in. With
@@ -37,16 +39,26 @@ gradient G_o with respect to ŵ_o,
 
     ‖Jᵀ G_o‖² = (‖G_o‖² − ⟨ŵ_o, G_o⟩² − ⟨1, G_o⟩²/n) / s_o²,
 
-(without the ŵ term and with s² = eps where the max clips). ‖G_o‖²/s_o² comes
-from the direct or ghost form with g scaled by 1/s_o; ⟨ŵ_o, G_o⟩ = Σ_t y_to g_to
-with y the layer's (standardised) output; ⟨1, G_o⟩ = Σ_t S_t g_to with S the
-window sum of the channel-summed input. All three are cheap.
+(without the ŵ term and with s² = eps where the max clips). The direct form
+takes all three terms from its per-offset blocks of G_o. The ghost form takes
+‖G_o‖²/s_o² from the Gram matrices, ⟨ŵ_o, G_o⟩ = Σ_t y_to g_to with y the
+layer's (standardised) output (recomputed in float32 under bf16 compute) and
+⟨1, G_o⟩ = Σ_t S_t g_to with S the window sum of the channel-summed input.
 
 Guarantee: the same as `clipping.clipped_grad_sum` (the result equals it up
 to floating-point rounding; tests check 1e-4 relative in float32): every
-example contributes c_i ∇ℓ_i with ‖c_i ∇ℓ_i‖ ≤ C, padding rows (mask False)
-and examples with a non-finite gradient contribute exactly zero, so the sum
-has L2 sensitivity C (`clipping.clipped_sum_sensitivity`).
+example contributes c_i ∇ℓ_i with ‖c_i ∇ℓ_i‖ ≤ C up to float32 rounding,
+padding rows (mask False) and examples with a non-finite gradient contribute
+exactly zero, so the sum has L2 sensitivity C
+(`clipping.clipped_sum_sensitivity`). With bf16 compute this needs the norms
+and the sum to describe the same numbers: each layer's input and output
+gradient are rounded to bf16 once, explicitly (`_pin`), and read by both; the
+weighted contraction is a float32 VJP (c_i · g_i is not rounded back to
+bf16); the WS-conv terms use the float32 ŵ as that VJP does; and every matmul
+of the norms and the sum runs at float32 precision (no TF32 or bf16 passes on
+accelerators). tests/privacy/test_contribution_bound.py sums each example
+alone for each model of the zoo and checks ≤ C·(1 + 1e-6); before this,
+bf16 contributions reached 1.001·C (docs/performance.md).
 
 Which layers are handled: `nn.Dense`, `nn.Conv` (2-D, no dilation or feature
 groups), `layers.WSConv`, and `nn.GroupNorm`, `nn.LayerNorm`, `nn.RMSNorm`,
@@ -73,7 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dpjax.models.layers import WSConv
+from dpjax.models.layers import WSConv, standardize_kernel
 from dpjax.privacy import clipping
 
 PyTree = Any
@@ -204,6 +216,24 @@ def _choose(method: str, batch: int, positions: int, fan_in: int, fan_out: int) 
     return "ghost" if ghost < direct and fits else "direct"
 
 
+def _pin(x: jax.Array, dtype: Any) -> jax.Array:
+    """x as a float32 array holding exactly the values of x in `dtype`.
+
+    With `dtype` below float32 (bf16), XLA may keep a bf16 value in float32
+    without rounding it in some of its uses and not others (its
+    "excess precision"): the per-example norms and the clipped sum could then
+    read different values, and an example contribute more than C (measured:
+    up to 1.0008·C). `reduce_precision` is the one rounding XLA keeps; every
+    later use reads its float32 result.
+    """
+    x = x.astype(dtype)
+    if jnp.dtype(dtype) == jnp.float32:
+        return x
+    info = jnp.finfo(dtype)
+    return jax.lax.reduce_precision(x.astype(jnp.float32), exponent_bits=info.nexp,
+                                    mantissa_bits=info.nmant)
+
+
 def _dense_sqnorm(a: jax.Array, g: jax.Array, method: str) -> jax.Array:
     """Σ_i ‖a_iᵀ g_i‖² per example for a (B, T, p), g (B, T, o)."""
     if method == "ghost":
@@ -229,29 +259,41 @@ def _shifted_windows(x: jax.Array, geometry: tuple, out_hw: tuple[int, int]) -> 
             for di in range(kh) for dj in range(kw)]
 
 
-def _conv_sqnorm(x: jax.Array, g: jax.Array, geometry: tuple, batch: int,
-                 method: str) -> jax.Array:
-    """Per-example ‖Σ_t patch_t ⊗ g_t‖² for a conv with input x (B·K, H, W, C).
+def _window_fn(x: jax.Array, geometry: tuple, out_hw: tuple[int, int], batch: int):
+    """k -> kernel offset k's strided view of x (B·K, H, W, C), as (B, T, C).
 
-    Neither form materialises the patch tensor: the direct form accumulates
-    the (B, C, O) block of each kernel offset; the ghost form accumulates the
-    patch Gram matrix as a sum over kernel offsets of shifted pixel Grams.
+    Built one offset at a time inside a loop (a `lax.scan`, not a Python sum),
+    so that only one window is ever in memory.
     """
     (kh, kw), (sh, sw), padding = geometry
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
     xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-    ho, wo = g.shape[1:3]
-    gb = _by_example(g, batch)
+    ho, wo = out_hw
 
     def window(k):
-        # Kernel offset k's strided view of the input, built one offset at a time (a
-        # loop, not a Python sum, so that only one window is ever in memory).
         w = jax.lax.dynamic_slice(xp, (0, k // kw, k % kw, 0),
                                   (xp.shape[0], sh * (ho - 1) + 1, sw * (wo - 1) + 1,
                                    xp.shape[3]))
         return _by_example(w[:, ::sh, ::sw], batch)
 
+    return window
+
+
+def _conv_sqnorm(x: jax.Array, g: jax.Array, geometry: tuple, batch: int,
+                 method: str, out_weight: jax.Array | None = None) -> jax.Array:
+    """Per-example ‖Σ_t patch_t ⊗ g_t‖² for a conv with input x (B·K, H, W, C).
+
+    With `out_weight` (O,), output channel o's share of the squared norm is
+    weighted by out_weight_o, in float32 (g itself is not rescaled).
+
+    Neither form materialises the patch tensor: the direct form accumulates
+    the (B, C, O) block of each kernel offset; the ghost form accumulates the
+    patch Gram matrix as a sum over kernel offsets of shifted pixel Grams.
+    """
+    (kh, kw) = geometry[0]
+    window = _window_fn(x, geometry, g.shape[1:3], batch)
+    gb = _by_example(g, batch)
     if method == "ghost":
         def add_gram(gram, k):
             w = window(k)
@@ -260,13 +302,41 @@ def _conv_sqnorm(x: jax.Array, g: jax.Array, geometry: tuple, batch: int,
         t = gb.shape[1]
         gram_a, _ = jax.lax.scan(add_gram, jnp.zeros((batch, t, t), jnp.float32),
                                  jnp.arange(kh * kw))
-        return jnp.sum(gram_a * _f32dot("bto,bso->bts", gb, gb), (1, 2))
+        weighted = gb if out_weight is None else gb.astype(jnp.float32) * out_weight
+        return jnp.sum(gram_a * _f32dot("bto,bso->bts", weighted, gb), (1, 2))
 
     def add_block(sq, k):
-        return sq + jnp.sum(jnp.square(_f32dot("btc,bto->bco", window(k), gb)), (1, 2)), None
+        block = jnp.square(_f32dot("btc,bto->bco", window(k), gb))
+        if out_weight is not None:
+            block = block * out_weight
+        return sq + jnp.sum(block, (1, 2)), None
 
     sq, _ = jax.lax.scan(add_block, jnp.zeros((batch,), jnp.float32), jnp.arange(kh * kw))
     return sq
+
+
+def _conv_direct_terms(x: jax.Array, g: jax.Array, geometry: tuple, batch: int,
+                       w_hat: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per example and output channel, (‖G_o‖², ⟨ŵ_o, G_o⟩, ⟨1, G_o⟩), each (B, O).
+
+    G is the example's gradient with respect to the (standardised) kernel
+    w_hat (kh, kw, C, O), taken one kernel offset's (B, C, O) block at a time
+    as in `_conv_sqnorm`'s direct form: all three from the same float32 blocks.
+    """
+    (kh, kw) = geometry[0]
+    window = _window_fn(x, geometry, g.shape[1:3], batch)
+    gb = _by_example(g, batch)
+    w_hat = w_hat.reshape((kh * kw,) + w_hat.shape[2:])
+
+    def add_block(carry, k):
+        sq, w_dot, one_dot = carry
+        block = _f32dot("btc,bto->bco", window(k), gb)
+        return (sq + jnp.sum(jnp.square(block), 1), w_dot + jnp.sum(block * w_hat[k], 1),
+                one_dot + jnp.sum(block, 1)), None
+
+    zeros = jnp.zeros((batch, g.shape[-1]), jnp.float32)
+    terms, _ = jax.lax.scan(add_block, (zeros, zeros, zeros), jnp.arange(kh * kw))
+    return terms
 
 
 def _ws_scale(kernel: jax.Array, eps: float) -> tuple[jax.Array, jax.Array, int]:
@@ -282,20 +352,40 @@ def _ws_scale(kernel: jax.Array, eps: float) -> tuple[jax.Array, jax.Array, int]
 
 def _wsconv_sqnorm(x: jax.Array, y: jax.Array, g: jax.Array, tap: _Tap, layer_params: dict,
                    batch: int, method: str) -> jax.Array:
-    """Per-example ‖Jᵀ G_i‖² for a weight-standardised conv (see the module docstring)."""
+    """Per-example ‖Jᵀ G_i‖² for a weight-standardised conv (see the module docstring).
+
+    x is the input as the layer used it (its compute dtype). Every term is of
+    the gradient with respect to the float32 standardised kernel ŵ, as the
+    float32 VJP of the clipped sum uses it. The direct form takes all three
+    terms from its per-offset blocks of G. The ghost form needs ⟨ŵ_o, G_o⟩ as
+    Σ_t y_to g_to: below float32 the layer's own output y (made with ŵ rounded
+    to bf16, and rounded itself) would misstate it by ~2⁻⁸, so ŵ·x is then
+    recomputed in float32. And g/s_o is never rounded back to bf16.
+    """
     module = tap.module
     geometry = _conv_geometry(module)
-    s2, active, fan_in = _ws_scale(layer_params["kernel"], module.eps)
-    gs = (g.astype(jnp.float32) * jax.lax.rsqrt(s2)).astype(g.dtype)
-    plain = _conv_sqnorm(x.astype(g.dtype), gs, geometry, batch, method)
-    if module.use_bias:
-        y = y - layer_params["bias"].astype(y.dtype)
-    gb = _by_example(g, batch)
-    w_dot = _f32dot("bto,bto->bo", _by_example(y, batch), gb)             # ⟨ŵ_o, G_o⟩
-    window_sum = sum(_shifted_windows(jnp.sum(x.astype(jnp.float32), -1, keepdims=True),
-                                      geometry, g.shape[1:3]))
-    one_dot = _f32dot("btc,bto->bo", _by_example(window_sum, batch),
-                      gb.astype(jnp.float32))                              # ⟨1, G_o⟩
+    kernel = layer_params["kernel"]
+    s2, active, fan_in = _ws_scale(kernel, module.eps)
+    if method == "direct":
+        w_hat = standardize_kernel(kernel.astype(jnp.float32), module.eps)
+        sq, w_dot, one_dot = _conv_direct_terms(x, g, geometry, batch, w_hat)
+        plain = jnp.sum(sq / s2, -1)
+    else:
+        if g.dtype == jnp.float32:  # ‖G_o‖²/s_o² from g/s_o (one float32 rounding)
+            plain = _conv_sqnorm(x, g * jax.lax.rsqrt(s2), geometry, batch, method)
+        else:
+            plain = _conv_sqnorm(x, g, geometry, batch, method, out_weight=1.0 / s2)
+        if y.dtype != jnp.float32:
+            plain_ws = module.clone(parent=None, dtype=jnp.float32, use_bias=False)
+            y = plain_ws.apply({"params": {"kernel": kernel}}, x.astype(jnp.float32))
+        elif module.use_bias:
+            y = y - layer_params["bias"].astype(y.dtype)
+        gb = _by_example(g, batch)
+        w_dot = _f32dot("bto,bto->bo", _by_example(y, batch), gb)             # ⟨ŵ_o, G_o⟩
+        window_sum = sum(_shifted_windows(jnp.sum(x.astype(jnp.float32), -1, keepdims=True),
+                                          geometry, g.shape[1:3]))
+        one_dot = _f32dot("btc,bto->bo", _by_example(window_sum, batch),
+                          gb.astype(jnp.float32))                              # ⟨1, G_o⟩
     correction = jnp.sum((jnp.where(active, w_dot ** 2, 0.0) + one_dot ** 2 / fan_in) / s2, -1)
     return jnp.maximum(plain - correction, 0.0)
 
@@ -332,13 +422,12 @@ def _layer_sqnorm(tap: _Tap, layer_vars: dict, x: jax.Array, y: jax.Array, g: ja
     p, o = kernel.size // kernel.shape[-1], kernel.shape[-1]
     positions = g.size // (batch * o)
     how = _choose(method, batch, positions, p, o)
-    dtype = y.dtype
+    x, g = x.astype(y.dtype), g.astype(y.dtype)  # as the layer computed (exact when pinned)
     if train.get("kernel", False):
         if tap.kind == "dense":
-            sq = sq + _dense_sqnorm(_by_example(x.astype(dtype), batch),
-                                    _by_example(g, batch), how)
+            sq = sq + _dense_sqnorm(_by_example(x, batch), _by_example(g, batch), how)
         elif tap.kind == "conv":
-            sq = sq + _conv_sqnorm(x.astype(dtype), g, _conv_geometry(tap.module), batch, how)
+            sq = sq + _conv_sqnorm(x, g, _conv_geometry(tap.module), batch, how)
         else:
             sq = sq + _wsconv_sqnorm(x, y, g, tap, layer_params, batch, how)
     if train.get("bias", False):
@@ -471,15 +560,24 @@ def clipped_sum_and_stats(
     _, vjp_fn, (records, losses, correct) = jax.vjp(forward, zeros, has_aux=True)
     (out_grads,) = vjp_fn(jnp.ones((batch,), jnp.float32))
 
-    # Per-example squared norms, layer by layer.
+    # Per-example squared norms, layer by layer. A dense or conv layer's input (as the
+    # layer used it) and output gradient are pinned first: the norms and the weighted
+    # contraction below must read the same values (see `_pin`).
     sq = jnp.zeros((batch,), jnp.float32)
     per_example = {}
+    pinned = {}
     for path, tap in active.items():
         x, y = records[path]
+        g = out_grads[path]
+        layer_method = _method_for(method, path)
+        if tap.kind != "vmap" and layer_method != "vmap":
+            x, g = _pin(x, y.dtype), _pin(g, g.dtype)
+            pinned[path] = (x, g)
         layer_vars = _layer_variables(variables, path)
         train = {n: trainable_leaf(path + (n,)) for n in layer_vars["params"]}
-        layer_sq, grads = _layer_sqnorm(tap, layer_vars, x, y, out_grads[path], batch,
-                                        _method_for(method, path), train)
+        with jax.default_matmul_precision("float32"):
+            layer_sq, grads = _layer_sqnorm(tap, layer_vars, x, y, g, batch, layer_method,
+                                            train)
         sq = sq + layer_sq
         if grads is not None:
             per_example[path] = grads
@@ -501,13 +599,19 @@ def clipped_sum_and_stats(
             grads = per_example[path]
             clipped[path] = jax.tree_util.tree_map(
                 lambda leaf: jnp.einsum("b,b...->...", factor,
-                                        rows_where(keep, leaf.astype(jnp.float32))), grads)
+                                        rows_where(keep, leaf.astype(jnp.float32)),
+                                        precision=jax.lax.Precision.HIGHEST), grads)
             continue
-        x, _ = records[path]
-        g = out_grads[path]
-        weighted = rows_where(row_keep, (g.astype(jnp.float32) * row_factor.reshape(
-            (-1,) + (1,) * (g.ndim - 1))).astype(g.dtype))
-        (grads,) = _layer_vjp(tap, layer_vars, rows_where(row_keep, x))(weighted)
+        # In float32 whatever the compute dtype, so that example i contributes c_i times
+        # the gradient whose norm gave c_i: the pinned input and output gradient, c_i·g
+        # not rounded back to the compute dtype, and the parameter VJP of a float32
+        # clone of the layer (float32 sums, full float32 matmuls on any device).
+        x, g = pinned[path]
+        weighted = rows_where(row_keep, g * row_factor.reshape((-1,) + (1,) * (g.ndim - 1)))
+        tap32 = dataclasses.replace(tap, module=tap.module.clone(parent=None,
+                                                                 dtype=jnp.float32))
+        with jax.default_matmul_precision("float32"):
+            (grads,) = _layer_vjp(tap32, layer_vars, rows_where(row_keep, x))(weighted)
         clipped[path] = grads
 
     return FastClipResult(_assemble(params, clipped, trainable_leaf), norms, losses, correct)
