@@ -19,6 +19,8 @@ _spec.loader.exec_module(_c10)
 
 def get_config(arg=None):
     c = _c10.cifar_config(arg, "cifar100", _c10.STEPS_FOR_EPSILON)
+    # The CIFAR-100 training set's published per-channel mean/std (public because
+    # CIFAR-100 is public; never compute such constants from private data).
     c.dataset.mean = (0.5071, 0.4865, 0.4409)
     c.dataset.std = (0.2673, 0.2564, 0.2762)
     return c

@@ -21,6 +21,10 @@ Reference test accuracy: 56.8 / 65.9 / 73.5 / 79.5 %.
 from dpjax.config import base_config, parse_arg
 
 STEPS_FOR_EPSILON = {1.0: 875, 2.0: 1125, 4.0: 1593, 8.0: 2468}
+# Normalisation constants: the CIFAR-10 training set's per-channel mean and std, the
+# published constants every CIFAR-10 recipe uses. They are statistics of the training
+# set, public only because CIFAR-10 is public; for private data use constants from
+# public data (or 0.5 / 0.25), never statistics of the private set.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 

@@ -24,6 +24,7 @@ def get_config(arg=None):
     c.dataset.name = "npz"
     c.dataset.path = args.path
     c.dataset.image_size = args.size if args.size != 28 else 0
+    # Fixed constants, not statistics of the (private) images.
     c.dataset.mean = (0.5,) * args.channels
     c.dataset.std = (0.5,) * args.channels
     c.augment.crop_padding = max(1, args.size // 8)

@@ -21,6 +21,7 @@ def get_config(arg=None):
     c = base_config()
     c.name = "dprandp_quickstart"
     c.dataset.name = "digits"
+    # Rounded digits training-set mean/std (public data; see configs/quickstart.py).
     c.dataset.mean = (0.3,)
     c.dataset.std = (0.4,)
     c.model.name = "small_cnn"

@@ -45,6 +45,8 @@ def get_config(arg=None):
     c.dataset.streaming = True
     c.dataset.image_size = args.size
     c.dataset.num_workers = args.workers
+    # The ImageNet training set's published mean/std (public: ImageNet itself is the
+    # data here; for a private set use them as public constants, not its own statistics).
     c.dataset.mean = (0.485, 0.456, 0.406)
     c.dataset.std = (0.229, 0.224, 0.225)
     c.augment.crop_padding = args.size // 8

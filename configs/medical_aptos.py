@@ -25,6 +25,7 @@ _spec.loader.exec_module(_base)
 
 def get_config(arg=None):
     c = _base.medical_config(arg, name="aptos", data_name="csv", ordinal=True)
+    # Fixed constants, not statistics of the (private) fundus images.
     c.dataset.mean = (0.5, 0.5, 0.5)
     c.dataset.std = (0.25, 0.25, 0.25)
     return c

@@ -31,12 +31,13 @@ from dpjax.config import base_config, parse_arg
 def medical_config(arg, *, name, data_name, ordinal):
     args = parse_arg(arg, mode="original", beta=1.0, sigma=0.0, eps=0.0, size=224, path="",
                      data=data_name, epochs=50.0, batch=128, lr=0.01, init="", cpu=False,
-                     seed_ldp=0)
+                     seed_ldp=-1)
     c = base_config()
     c.name = f"{name}_{args.mode}"
     c.dataset.name = args.data
     c.dataset.path = args.path
     c.dataset.image_size = args.size
+    # Fixed constants, not statistics of the (private) X-rays.
     c.dataset.mean = (0.5,)
     c.dataset.std = (0.25,)
     c.augment.crop_padding = max(1, args.size // 16)

@@ -68,14 +68,19 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--config", required=True)
     pretrain.add_argument("--workdir", required=True)
 
-    audit = sub.add_parser("audit", help="one-run privacy audit (Steinke et al. 2023)")
+    audit = sub.add_parser("audit", help="empirical privacy audit (canaries; a fresh workdir)")
     audit.add_argument("--config", required=True)
     audit.add_argument("--workdir", required=True)
-    audit.add_argument("--canaries", type=int, default=1000)
-    audit.add_argument("--kind", default="gradient", choices=("gradient", "input"))
-    audit.add_argument("--control", default=None, choices=("noise_off", "clip_off"),
-                       help="negative control: train without noise or clipping")
-    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--canaries", type=int, default=0,
+                       help="number of canaries m (default 4000 for iterates, 1000 otherwise)")
+    audit.add_argument("--kind", default="iterates", choices=("iterates", "gradient", "input"),
+                       help="iterates: white-box over all steps (Nasr et al. 2023); gradient / "
+                       "input: one run, final model (Steinke et al. 2023)")
+    audit.add_argument("--control", default=None,
+                       help="negative control: noise_off, clip_off, sampling_x2 or "
+                       "noise_scale=X (the claimed epsilon then no longer holds)")
+    audit.add_argument("--seed", type=int, default=-1,
+                       help="the auditor's coins: -1 = OS entropy; fixed = debugging")
 
     ldp_grid = sub.add_parser("ldp_grid", help="PNG: training images at the original and "
                               "at local-DP noise scales (Singh et al. Figure 2)")
@@ -153,7 +158,8 @@ def _cmd_audit(args, overrides) -> int:
     from dpjax.train import audit
 
     config = config_lib.load_config(args.config, overrides)
-    report = audit.run_audit(config, args.workdir, num_canaries=args.canaries, kind=args.kind,
+    canaries = args.canaries or (4000 if args.kind == "iterates" else 1000)
+    report = audit.run_audit(config, args.workdir, num_canaries=canaries, kind=args.kind,
                              control=args.control, seed=args.seed)
     print(json.dumps(report, indent=2))
     return 0

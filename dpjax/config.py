@@ -68,8 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Privacy: everything that decides ε in one block.
     c.privacy = ml_collections.ConfigDict(dict(
         mode="dpsgd",              # dpsgd | none (non-private, e.g. local-DP data)
-        target_epsilon=4.0,        # σ is calibrated to reach this after all steps...
-        noise_multiplier=0.0,      # ...unless this is > 0 (then ε is computed)
+        target_epsilon=0.0,        # σ is calibrated to reach this ε after all steps, or
+        noise_multiplier=0.0,      # σ is given and ε computed: set exactly one of the two
         delta=1e-5,                # must be < 1 / (training set size)
         clip_norm=1.0,
         sampling="poisson",        # poisson | shuffle (shuffle: ε does NOT apply)
@@ -131,6 +131,8 @@ def base_config() -> ml_collections.ConfigDict:
         clinical=False,
         ordinal=False,           # quadratic weighted kappa (graded labels)
         bootstrap_resamples=1000,
+        test_train_overlap=False,  # count test images identical to training images (a
+                                   # membership oracle: NOT covered by ε)
     ))
 
     c.batch_size = 256          # expected logical batch B (Poisson: q = B / N)
@@ -155,7 +157,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.checkpoint_every = 100
     c.train_metrics = True      # loss/accuracy on private data (NOT covered by ε)
-    c.seed = -1                 # -1: draw from OS entropy; else reproducible
+    c.seed = -1                 # -1: OS entropy, drawn once and shared by all hosts (the
+                                # default); >= 0: a fixed seed, a DEBUGGING option: whoever
+                                # knows it can remove the noise, and runs sharing it are not
+                                # independent releases
     c.progress_bar = True
     c.lock()
     c.model.kwargs.unlock()  # model-specific fields (width, norm, ...) are free-form
@@ -359,8 +364,9 @@ def validate(config: ml_collections.ConfigDict, choices: dict | None = None) -> 
                             hint=" (or set privacy.noise_multiplier > 0)")
 
 
-def validate_for_data(config: ml_collections.ConfigDict, num_train: int) -> None:
-    """Checks that depend on the training-set size N."""
+def validate_for_data(config: ml_collections.ConfigDict, num_train: int,
+                      image_shape: Sequence[int] | None = None) -> None:
+    """Checks that depend on the training set: its size N and (if given) image shape."""
     if config.num_epochs < 0:
         raise ConfigError(f"Expected num_epochs={config.num_epochs} >= 0.")
     if config.batch_size > num_train:
@@ -372,6 +378,11 @@ def validate_for_data(config: ml_collections.ConfigDict, num_train: int) -> None
             f"privacy.delta={p.delta:g} is not below 1/N = {1.0 / num_train:.3g} for N = "
             f"{num_train} training examples: a δ that large allows releasing whole examples; "
             "lower privacy.delta.")
+    if image_shape is not None:
+        channels = image_shape[-1]
+        if len(config.dataset.mean) not in (1, channels):
+            raise ConfigError(f"dataset.mean has {len(config.dataset.mean)} values but the "
+                              f"images have {channels} channels: give 1 or {channels} values.")
 
 
 def _positive_float(name: str, value, hint: str = "") -> None:

@@ -44,7 +44,7 @@ def test_recipe_values():
     c = config_lib.load_config(os.path.join(REPO, "configs", "cifar10_wrn16_4.py:eps=1"))
     assert (c.batch_size, c.num_steps, c.augmult, c.optimizer.learning_rate, c.ema_decay) == (
         4096, 875, 16, 2.0, 0.999)
-    plan = loop.plan_privacy(c, 50_000)
+    plan = loop.plan_from_config(c, 50_000)
     assert plan.noise_multiplier == pytest.approx(9.128, rel=5e-3)  # design.md, PLD
     r = config_lib.load_config(os.path.join(REPO, "configs", "dprandp_cifar10.py:eps=1"))
     assert (r.phases.head_steps, r.phases.head_learning_rate, r.optimizer.learning_rate) == (

@@ -106,8 +106,9 @@ def clipped_grad_sum(
 def gaussian_noise_like(key: jax.Array, tree: PyTree, stddev: float) -> PyTree:
     """Independent N(0, stddev²) for every coordinate, in float32 (never lower).
 
-    Each leaf gets its own key folded from `key`, so the draw does not depend
-    on leaf order changes elsewhere in the tree.
+    `key` is split into one key per leaf, in the tree's leaf order (`jax.random.split`),
+    so every coordinate gets an independent draw; the same key and tree structure
+    give the same draw on every device and host.
     """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(key, len(leaves))

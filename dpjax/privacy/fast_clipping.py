@@ -106,6 +106,13 @@ class FastClipResult(NamedTuple):
     norms: jax.Array      # (B,) per-example gradient norms before clipping
     losses: jax.Array     # (B,) per-example loss (mean over its views)
     correct: jax.Array    # (B,) fraction of the example's views classified right
+    factors: jax.Array    # (B,) clipping factors c_i (0 for dropped rows)
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Softmax cross-entropy per row; 0 for rows labelled < 0 (empty unit slots, canaries)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    return jnp.where(labels >= 0, losses, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -520,23 +527,35 @@ def clipped_sum_and_stats(
     *,
     is_trainable: Callable[[str], bool] | None = None,
     method: str | dict[str, str] = "auto",
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    extra_sqnorms: jax.Array | None = None,
 ) -> FastClipResult:
-    """`fast_clipped_grad_sum`, also returning each example's loss and accuracy.
+    """`fast_clipped_grad_sum`, also returning each example's loss, accuracy and factor.
 
-    Args: as `fast_clipped_grad_sum`.
+    Args: as `fast_clipped_grad_sum`, and
+      loss_fn: `loss_fn(logits, labels) -> losses` per input row (default
+        `masked_cross_entropy`: softmax cross-entropy, 0 for rows labelled < 0).
+        Example i's loss is the sum of its rows' losses divided by `num_views`:
+        the mean over its views, summed over its images when `labels` is
+        (B, K) (a privacy unit of K images, −1 on empty slots).
+      extra_sqnorms: (B,) squared norms of gradient parts that live outside the
+        model (e.g. audit canaries' own coordinates), added before clipping;
+        the caller forms their clipped sum with the returned `factors`.
 
     Returns:
-      FastClipResult(clipped_sum, norms, losses, correct).
+      FastClipResult(clipped_sum, norms, losses, correct, factors).
     """
     if isinstance(method, str) and method not in METHODS:
         raise ValueError(f"Expected method in {METHODS}, got {method!r}.")
+    loss_fn = loss_fn or masked_cross_entropy
+    batch = labels.shape[0]
+    per_example_labels = labels.reshape(batch, -1)
     rows = inputs.shape[0]
-    if rows % num_views:
-        raise ValueError(f"Expected inputs.shape[0]={rows} to be a multiple of "
-                         f"num_views={num_views}.")
-    batch = rows // num_views
+    if rows != per_example_labels.size * num_views:
+        raise ValueError(f"Expected inputs.shape[0]={rows} to be labels.size · num_views = "
+                         f"{per_example_labels.size} · {num_views}.")
     variables = {**(extra_variables or {}), "params": params}
-    row_labels = jnp.repeat(labels, num_views)
+    row_labels = jnp.repeat(per_example_labels, num_views, axis=1).reshape(-1)
 
     # Static structure: which layers are tapped, and their output shapes.
     taps: dict[Path, _Tap] = {}
@@ -550,10 +569,12 @@ def clipped_sum_and_stats(
 
     def forward(perturbations):
         logits, records = _tapped_apply(model, variables, inputs, perturbations, {})
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, row_labels)
-        correct = (jnp.argmax(logits, -1) == row_labels).astype(jnp.float32)
-        per_example = losses.reshape(batch, num_views).mean(1)
-        aux = (records, per_example, correct.reshape(batch, num_views).mean(1))
+        losses = loss_fn(logits, row_labels).reshape(batch, -1)
+        valid = (row_labels >= 0).reshape(batch, -1)
+        correct = ((jnp.argmax(logits, -1) == row_labels).reshape(batch, -1) & valid)
+        per_example = losses.sum(1) / num_views
+        accuracy = correct.sum(1) / jnp.maximum(valid.sum(1), 1)
+        aux = (records, per_example, accuracy.astype(jnp.float32))
         return per_example, aux
 
     zeros = {p: jnp.zeros(out_shapes[p].shape, out_shapes[p].dtype) for p in active}
@@ -581,13 +602,16 @@ def clipped_sum_and_stats(
         sq = sq + layer_sq
         if grads is not None:
             per_example[path] = grads
+    if extra_sqnorms is not None:
+        sq = sq + extra_sqnorms.astype(jnp.float32)
     norms = jnp.sqrt(sq)
 
     # Clipping factors; dropped examples (padding, non-finite) get exactly 0.
     factor = jnp.where(mask & jnp.isfinite(norms), clipping.clip_factor(norms, clip_norm), 0.0)
     keep = factor > 0
-    row_factor = jnp.repeat(factor, num_views)
-    row_keep = jnp.repeat(keep, num_views)
+    rows_per_example = rows // batch
+    row_factor = jnp.repeat(factor, rows_per_example)
+    row_keep = jnp.repeat(keep, rows_per_example)
 
     def rows_where(k, v):
         return jnp.where(k.reshape((-1,) + (1,) * (v.ndim - 1)), v, jnp.zeros((), v.dtype))
@@ -614,7 +638,8 @@ def clipped_sum_and_stats(
             (grads,) = _layer_vjp(tap32, layer_vars, rows_where(row_keep, x))(weighted)
         clipped[path] = grads
 
-    return FastClipResult(_assemble(params, clipped, trainable_leaf), norms, losses, correct)
+    return FastClipResult(_assemble(params, clipped, trainable_leaf), norms, losses, correct,
+                          factor)
 
 
 def fast_clipped_grad_sum(

@@ -1,22 +1,28 @@
-"""`dpjax audit`: one-run privacy auditing of a training config (Steinke et al. 2023).
+"""`dpjax audit`: empirical privacy audits of a training config.
 
-m canaries, each included in the training set by a fair coin; one training
-run; a score per canary; guesses of which canaries were in; an empirical
-lower bound on ε at 95 % confidence (`dpjax.privacy.audit`), set beside the
-accountant's ε for the same run.
+Three kinds, each training once, from scratch, in a fresh workdir, with m
+canaries each included in the training set by a fair coin:
 
-* White-box (`kind="gradient"`): canary j is a training row whose gradient is
-  scale · d_j, a fixed random unit direction in parameter space with
-  scale ≫ C, so clipping and Poisson sampling act on it like on any example.
-  Score = ⟨θ_initial − θ_final, d_j⟩ (descent moves along −d_j).
-* Black-box (`kind="input"`): canary j is a random-noise image with a random
-  label. Score = its loss under θ_initial minus its loss under θ_final.
+* `iterates` (white-box, all iterates; Nasr, Hayes, Steinke, Balle, Tramèr,
+  Jagielski, Carlini, Terzis, "Tight auditing of differentially private
+  machine learning", USENIX Security 2023): canary j's gradient is
+  scale · e_j on an extra parameter coordinate no other example touches
+  (scale ≫ C). The auditor reads every step's privatized update on those
+  coordinates, so each canary is an independent trial of the one-example
+  mechanism over all T steps; the mechanism's σ, q and per-example
+  contribution are measured from the traces and turned into ε with a 95 %
+  confidence interval (`dpjax.privacy.audit_iterates`). It catches a noise
+  scale 0.67× too small or a sampler running at 2q.
+* `gradient` (white-box, final model only; Steinke, Nasr & Jagielski 2023,
+  one run): canary j's gradient is scale · d_j, a random direction over the
+  model's parameters; score = ⟨θ_0 − θ_T, d_j⟩.
+* `input` (black-box): canary j is a random-noise image with a random label;
+  score = its loss under θ_0 minus under θ_T.
 
-Negative controls (`control="noise_off"` or `"clip_off"`) run the same
-training with the noise or the clipping switched off while the claimed ε is
-unchanged: an audit that cannot catch those proves nothing. The bound has a
-ceiling set by m and δ (about 3.5 / 5.8 / 7.3 for m = 100 / 1000 / 5000 at
-δ = 1e-5), so controls are meaningful at a claimed ε ≤ 1 with m ≥ 1000.
+Controls switch the mechanism away from what the accountant is told, to
+show the audit can fail: `noise_off`, `clip_off`, `noise_scale=X` (the noise
+multiplied by X) and `sampling_x2` (the sampler runs at 2q, the accountant
+is told q). They are audit-only switches, never config fields.
 """
 
 from __future__ import annotations
@@ -31,33 +37,69 @@ import ml_collections
 import numpy as np
 import optax
 
+from dpjax import config as config_lib
+from dpjax import models
 from dpjax.data import sources
-from dpjax.errors import ConfigError
+from dpjax.errors import ConfigError, DpjaxError
 from dpjax.privacy import audit as audit_stats
+from dpjax.privacy import audit_iterates, randomness
 from dpjax.train import loop
+from dpjax.train import model as model_lib
 from dpjax.train import step as step_lib
+from dpjax.train import workdir as workdir_lib
 
-KINDS = ("gradient", "input")
-CONTROLS = (None, "noise_off", "clip_off")
+KINDS = ("iterates", "gradient", "input")
 
 
-def _with_canaries(data: sources.DataSplits, kind: str, inclusion: np.ndarray, seed: int):
+@dataclasses.dataclass(frozen=True)
+class Control:
+    """How a control run departs from the claimed mechanism (None fields: as claimed)."""
+
+    name: str | None = None
+    noise_scale: float = 1.0
+    sampling_multiplier: int = 1
+    disable_clipping: bool = False
+
+
+def parse_control(text: str | None) -> Control:
+    """`None`, "noise_off", "clip_off", "sampling_x2" or "noise_scale=X" (0 ≤ X)."""
+    if text in (None, ""):
+        return Control()
+    if text == "noise_off":
+        return Control(text, noise_scale=0.0)
+    if text == "clip_off":
+        return Control(text, disable_clipping=True)
+    if text == "sampling_x2":
+        return Control(text, sampling_multiplier=2)
+    if text.startswith("noise_scale="):
+        try:
+            scale = float(text.split("=", 1)[1])
+        except ValueError:
+            scale = -1.0
+        if not 0 <= scale < float("inf"):
+            raise ConfigError(f"--control {text}: expected noise_scale=X with X >= 0.")
+        return Control(text, noise_scale=scale)
+    raise ConfigError(f"--control {text!r}: expected noise_off, clip_off, sampling_x2 or "
+                      "noise_scale=X.")
+
+
+def _with_canaries(data: sources.DataSplits, kind: str, inclusion: np.ndarray,
+                   rng: np.random.Generator):
     """Training set plus the included canaries; returns (splits, canary images, labels)."""
     m = len(inclusion)
-    rng = np.random.default_rng([seed, 0xCA7])
-    shape = data.train.images.shape[1:]
-    if kind == "gradient":
-        images = np.zeros((m,) + shape, np.uint8)
-        labels = (-1 - np.arange(m)).astype(np.int32)       # canary j <-> label −1 − j
-    else:
+    shape = data.train.image_shape
+    if kind == "input":
         images = rng.integers(0, 256, (m,) + shape, dtype=np.uint8)
         labels = rng.integers(0, data.num_classes, m).astype(np.int32)
+    else:
+        images = np.zeros((m,) + shape, np.uint8)
+        labels = (-1 - np.arange(m)).astype(np.int32)       # canary j <-> label −1 − j
     train = sources.ArrayDataset(np.concatenate([data.train.images, images[inclusion]]),
                                  np.concatenate([data.train.labels, labels[inclusion]]))
     return dataclasses.replace(data, train=train), images, labels
 
 
-def _gradient_scores(key, scale, initial, final, m: int) -> np.ndarray:
+def _gradient_scores(key, initial, final, m: int) -> np.ndarray:
     before, _ = step_lib.split_params(initial, None)
     after, _ = step_lib.split_params(final, None)
     # Gradient descent moves θ along −d_j for an included canary j.
@@ -71,17 +113,12 @@ def _gradient_scores(key, scale, initial, final, m: int) -> np.ndarray:
 
         return jax.lax.map(one, ids)
 
-    del scale
     return np.asarray(score(jnp.arange(m)))
 
 
-def _input_scores(config, data, initial, final, images, labels) -> np.ndarray:
-    model, variables, spec = loop.build_model(config, data)
-    extra = {k: v for k, v in variables.items() if k != "params"}
-    predict = step_lib.make_predict(model, spec, extra)
-
+def _input_scores(built, initial, final, images, labels) -> np.ndarray:
     def losses(params):
-        logits = np.concatenate([np.asarray(predict(params, images[i:i + 256]))
+        logits = np.concatenate([np.asarray(built.predict(params, images[i:i + 256]))
                                  for i in range(0, len(images), 256)])
         return np.asarray(optax.softmax_cross_entropy_with_integer_labels(
             jnp.asarray(logits), jnp.asarray(labels)))
@@ -89,66 +126,106 @@ def _input_scores(config, data, initial, final, images, labels) -> np.ndarray:
     return losses(initial) - losses(final)
 
 
-def run_audit(config: ml_collections.ConfigDict, workdir: str, *, num_canaries: int = 1000,
-              kind: str = "gradient", control: str | None = None, canary_scale: float = 50.0,
-              seed: int = 0, confidence: float = 0.95,
+def run_audit(config: ml_collections.ConfigDict, workdir: str, *, num_canaries: int = 4000,
+              kind: str = "iterates", control: str | None = None, canary_scale: float = 50.0,
+              seed: int = -1, confidence: float = 0.95,
               data: sources.DataSplits | None = None) -> dict:
-    """Trains once with m canaries and reports the empirical ε lower bound.
+    """Trains once with m canaries in a fresh `workdir` and writes `workdir/audit.json`.
 
     Args:
-      config: the training config to audit (one phase; σ from it as usual).
-      workdir: the run's workdir; `audit.json` is written there.
-      num_canaries: m (≥ 1000 for the controls to be able to exceed ε ≤ 1).
-      kind: "gradient" (white-box) or "input" (black-box).
-      control: None, "noise_off" or "clip_off" (negative controls).
-      canary_scale: gradient canaries' norm as a multiple of clip_norm.
-      seed: canary coins and directions.
+      config: the training config to audit (one DP-SGD phase).
+      workdir: a new directory (a workdir holding a run is refused: an audit
+        must train every step with its canaries).
+      num_canaries: m. For `iterates`, 4000 lets the quickstart's lower bound catch a
+        noise scale of 0.67 in every simulated run (1000: about 86 %); the one-run
+        kinds need m ≥ 1000 to be able to exceed ε ≤ 1 at all.
+      kind: "iterates", "gradient" or "input".
+      control: None or a negative control (see `parse_control`).
+      canary_scale: the canaries' gradient norm as a multiple of clip_norm.
+      seed: the auditor's coins and canary directions: -1 draws from OS entropy;
+        a fixed seed is domain-separated from every training stream.
     """
     if kind not in KINDS:
         raise ConfigError(f"Expected audit kind in {KINDS}, got {kind!r}.")
-    if control not in CONTROLS:
-        raise ConfigError(f"Expected audit control in {CONTROLS}, got {control!r}.")
-    if config.phases.head_steps or config.privacy.mode != "dpsgd":
-        raise ConfigError("dpjax audit audits one-phase DP-SGD configs: set "
-                          "phases.head_steps=0 and privacy.mode=dpsgd.")
-    if config.privacy.clipping != "vmap":
-        raise ConfigError("dpjax audit runs with privacy.clipping=vmap (gradient canaries "
-                          "enter through the per-example loss).")
+    ctrl = parse_control(control)
+    config_lib.validate(config)
+    if config.phases.head_steps or config.privacy.mode != "dpsgd" or config.pretrain.steps \
+            or config.model.init_from:
+        raise ConfigError("dpjax audit audits one-phase DP-SGD configs from scratch: set "
+                          "phases.head_steps=0, pretrain.steps=0, model.init_from='' and "
+                          "privacy.mode=dpsgd.")
+    if config.privacy.unit != "example" or config.ldp.scale:
+        raise ConfigError("dpjax audit needs privacy.unit=example and ldp.scale=0.")
     if num_canaries < 2:
-        raise ConfigError(f"Expected num_canaries={num_canaries} >= 2.")
+        raise ConfigError(f"Expected --canaries={num_canaries} >= 2.")
+    if workdir_lib.Workdir(workdir).has_run():
+        raise DpjaxError(f"{workdir} already holds a run: an audit trains every step with its "
+                         "canaries, so give it a fresh --workdir.")
+    randomness.check_seed("--seed", seed)
+    seed = randomness.os_seed() if seed < 0 else seed
     data = data if data is not None else sources.load(config.dataset)
-    inclusion = audit_stats.canary_inclusion(num_canaries, seed)
-    audited, images, labels = _with_canaries(data, kind, inclusion, seed)
-    canary_key = jax.random.fold_in(jax.random.key(seed), 0xCA7)
-    hooks = loop.AuditHooks(
-        canaries=step_lib.GradientCanaries(canary_key, canary_scale * config.privacy.clip_norm)
-        if kind == "gradient" else None,
-        disable_noise=control == "noise_off", disable_clipping=control == "clip_off")
-    summary = loop.train_and_evaluate(config, workdir, data=audited, audit=hooks)
-    initial, final = summary["audit_params"]
-    if kind == "gradient":
-        scores = _gradient_scores(canary_key, canary_scale, initial, final, num_canaries)
+    inclusion = randomness.numpy_rng(seed, "canary_coins").integers(0, 2, num_canaries) \
+        .astype(bool)
+    audited, images, labels = _with_canaries(data, kind, inclusion,
+                                             randomness.numpy_rng(seed, "canary"))
+    canary_key = randomness.jax_key(seed, "canary")
+    scale = canary_scale * config.privacy.clip_norm
+    module = models.get_model(config.model.name, data.num_classes,
+                              dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
+    built = model_lib.build(config, data, module=module)
+    initial = built.params
+    traces = []
+    if kind == "iterates":
+        initial = dict(built.params, **{step_lib.CANARY_PARAM: np.zeros(num_canaries,
+                                                                         np.float32)})
+        factor = config.batch_size / config.privacy.clip_norm
+        observe = lambda step, released: traces.append(
+            np.asarray(jax.device_get(released.canaries))[0] * factor)
     else:
-        scores = _input_scores(config, data, initial, final, images, labels)
-    result = audit_stats.audit_from_scores(scores, inclusion, config.privacy.delta, confidence)
-    report = {
-        "kind": kind,
-        "control": control,
-        "num_canaries": num_canaries,
-        "canaries_included": int(inclusion.sum()),
-        "theoretical_epsilon": summary["epsilon"],
-        "delta": config.privacy.delta,
-        "empirical_epsilon_lower_bound": result.epsilon_lower_bound,
-        "confidence": confidence,
-        "best_guesses": {"k_plus": result.k_plus, "k_minus": result.k_minus,
-                         "num_guesses": result.num_guesses, "num_correct": result.num_correct},
-        "consistent_with_claim": result.epsilon_lower_bound <= (summary["epsilon"] or 0.0),
-        "test_accuracy": summary["test_accuracy"],
-        "note": ("A negative control: noise or clipping was OFF, so the claimed ε does not "
-                 "hold and the bound should exceed it.") if control else
-                ("An honest run: the bound must stay at or below the claimed ε; a bound "
-                 "below ε is expected (one-run audits are not tight)."),
-    }
-    with open(os.path.join(workdir, "audit.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        observe = None
+    hooks = loop.AuditHooks(
+        canaries=step_lib.GradientCanaries(canary_key, scale, coordinate=kind == "iterates")
+        if kind != "input" else None,
+        noise_scale=ctrl.noise_scale, sampling_multiplier=ctrl.sampling_multiplier,
+        disable_clipping=ctrl.disable_clipping, observe=observe)
+    summary = loop.train_and_evaluate(config, workdir, data=audited, model=module,
+                                      init_params=initial, audit=hooks)
+    if summary["steps"] < 1:
+        raise DpjaxError("The audit trained no step: nothing to report.")
+    report = {"kind": kind, "control": ctrl.name, "num_canaries": num_canaries,
+              "canaries_included": int(inclusion.sum()), "steps": summary["steps"],
+              "delta": config.privacy.delta, "confidence": confidence,
+              "test_accuracy": summary["test_accuracy"]}
+    if kind == "iterates":
+        result = audit_iterates.audit_traces(
+            np.stack(traces, axis=1), inclusion,
+            claimed_noise_multiplier=summary["noise_multiplier"],
+            claimed_sampling_rate=summary["sampling_rate"], steps=summary["steps"],
+            delta=config.privacy.delta, accountant=config.privacy.accountant,
+            confidence=confidence)
+        report.update(result)
+    else:
+        final = summary["final_params"]
+        scores = (_gradient_scores(canary_key, initial, final, num_canaries)
+                  if kind == "gradient" else _input_scores(built, initial, final, images, labels))
+        result = audit_stats.audit_from_scores(scores, inclusion, config.privacy.delta,
+                                               confidence)
+        report.update({
+            "theoretical_epsilon": summary["epsilon"],
+            "empirical_epsilon_lower_bound": result.epsilon_lower_bound,
+            "best_guesses": {"k_plus": result.k_plus, "k_minus": result.k_minus,
+                             "num_guesses": result.num_guesses,
+                             "num_correct": result.num_correct},
+            "consistent_with_claim": result.epsilon_lower_bound <= (summary["epsilon"] or 0.0)})
+    report["note"] = (
+        f"A negative control ({ctrl.name}): the mechanism departs from what the accountant is "
+        "told, so the claimed epsilon does not hold and the lower bound should exceed it."
+        if ctrl.name else
+        "An honest run: the lower bound must stay at or below the claimed epsilon.")
+    workdir_lib.atomic_write_json(os.path.join(workdir, "audit.json"), report)
     return report
+
+
+def load_report(workdir: str) -> dict:
+    with open(os.path.join(workdir, "audit.json")) as f:
+        return json.load(f)

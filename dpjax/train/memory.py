@@ -94,3 +94,51 @@ def fit_micro_batch_size(measure: Callable[[int], int], budget: int, cap: int,
                 f"{budget / 2**30:.2f} GiB available: use a smaller model, model.dtype=bfloat16 "
                 "or a smaller augmult.")
         m //= 2
+
+
+def auto_micro_batch_size(fns, params, is_trainable, image_shape: tuple, units,
+                          data_bytes: int, batch_size: int) -> int:
+    """micro_batch_size=0: the largest per-device micro-batch the accumulation step fits.
+
+    Args:
+      fns: the step functions (`train.step.build_step_fns`) of the first phase.
+      params: the initial parameters.
+      is_trainable: the first phase's trainable-parameter predicate.
+      image_shape: (H, W, C) of one training image.
+      units: the patient table of a per-patient run (rows are patients), or None.
+      data_bytes: bytes of training data held on each device beside the step.
+      batch_size: the expected logical batch (no use going above its share per device).
+    """
+    import logging
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dpjax.train import step as step_lib
+
+    trainable, _ = step_lib.split_params(params, is_trainable)
+    acc = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32), trainable)
+    row = tuple(image_shape) if units is None else (units.shape[1],) + tuple(image_shape)
+    label_row = () if units is None else (units.shape[1],)
+
+    def measure(m: int) -> int:
+        return compiled_bytes(
+            fns.accumulate_one_device, params, acc, step_lib.zero_stats(),
+            jax.ShapeDtypeStruct((m,) + row, jnp.uint8),
+            jax.ShapeDtypeStruct((m,) + label_row, jnp.int32),
+            jax.ShapeDtypeStruct((m,), jnp.int32), jax.ShapeDtypeStruct((m,), jnp.bool_),
+            jax.random.key(0), jnp.float32(1.0))
+
+    param_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(params))
+    # Beside the step stay the state (params, EMA, optimiser moments) and the data.
+    budget = MEMORY_FRACTION * device_memory_bytes() - 4 * param_bytes - data_bytes
+    cap = -(-batch_size // jax.device_count())
+    m, info = fit_micro_batch_size(measure, budget, cap)
+    if jax.process_count() > 1:  # every host must use the same size
+        from jax.experimental import multihost_utils
+
+        m = int(multihost_utils.broadcast_one_to_all(np.int32(m)))
+    logging.getLogger("dpjax").info(
+        "micro_batch_size=0 (auto): %d per device (%.2f GiB of a %.2f GiB budget)", m,
+        info["bytes"] / 2**30, info["budget"] / 2**30)
+    return m

@@ -34,6 +34,8 @@ from dpjax.privacy import clipping
 
 PyTree = Any
 AXIS = "devices"
+# The parameter vector of `dpjax audit --kind iterates`: coordinate j is canary j's alone.
+CANARY_PARAM = "audit_canaries"
 
 
 class TrainState(NamedTuple):
@@ -75,6 +77,13 @@ def merge_params(trainable: dict, frozen: dict) -> PyTree:
     return flax.traverse_util.unflatten_dict({**trainable, **frozen}, sep="/")
 
 
+def model_params(params: PyTree) -> PyTree:
+    """The parameters the model reads: all but the audit canaries' coordinates."""
+    if isinstance(params, dict) and CANARY_PARAM in params:
+        return {k: v for k, v in params.items() if k != CANARY_PARAM}
+    return params
+
+
 # --- the model seen one example at a time -----------------------------------
 
 @flax.struct.dataclass
@@ -98,16 +107,26 @@ def prepare_eval(images: jax.Array, spec: InputSpec) -> jax.Array:
 
 @flax.struct.dataclass
 class GradientCanaries:
-    """White-box audit canaries (Steinke, Nasr & Jagielski 2023).
+    """White-box audit canaries: training rows whose gradient is fixed and known.
 
-    A training row whose label is −1 − j is canary j: its "loss" is
-    scale · ⟨θ, d_j⟩ with d_j a fixed random unit direction over the trainable
-    parameters, so its per-example gradient is scale · d_j — a gradient of
-    norm `scale` that goes through sampling and clipping like any other.
+    A training row whose label is −1 − j is canary j. Its per-example gradient
+    is `scale` times a unit vector u_j, so it has norm `scale` (≫ C) and goes
+    through sampling, clipping, micro-batching, the devices and the noise like
+    any other example:
+
+      * `coordinate=False` (Steinke, Nasr & Jagielski 2023, one run): u_j = d_j,
+        a fixed random unit direction over the trainable parameters;
+      * `coordinate=True` (Nasr et al. 2023, all iterates): u_j = e_j, coordinate
+        j of the extra parameter vector `params[CANARY_PARAM]` that the model
+        never reads, so no other example touches it and each step's released
+        update on it is one trial of the one-example mechanism.
+
+    A canary row contributes nothing else (its model loss is not used).
     """
 
     key: jax.Array
     scale: float = flax.struct.field(pytree_node=False)
+    coordinate: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 def canary_direction(key: jax.Array, canary_id: jax.Array, like: dict) -> dict:
@@ -120,13 +139,31 @@ def canary_direction(key: jax.Array, canary_id: jax.Array, like: dict) -> dict:
     return {n: v / norm for n, v in raw.items()}
 
 
+def canary_gradient(canaries: GradientCanaries, label: jax.Array, trainable: dict) -> dict:
+    """The per-example gradient of the row with `label` if it is a canary (else zeros).
+
+    Only the leaves it can touch: `CANARY_PARAM` (coordinate canaries) or the
+    model's trainable parameters (direction canaries); zero on all others.
+    """
+    is_canary = label < 0
+    canary_id = jnp.maximum(-1 - label, 0)
+    scale = jnp.where(is_canary, canaries.scale, 0.0)
+    if canaries.coordinate:
+        size = trainable[CANARY_PARAM].shape[0]
+        return {CANARY_PARAM: scale * jax.nn.one_hot(canary_id, size, dtype=jnp.float32)}
+    model_part = {n: v for n, v in trainable.items() if n != CANARY_PARAM}
+    d = canary_direction(canaries.key, canary_id, model_part)
+    return {n: scale * d[n] for n in d}
+
+
 def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree = None,
                       canaries: GradientCanaries | None = None):
     """`loss(trainable, frozen, (image, label, key)) -> (loss, (loss, correct))` for ONE example.
 
     With augmult K > 1 the loss is the mean over K augmented views of the
     example (De et al. 2022): its gradient is clipped once, as one example's.
-    With `canaries`, rows with negative labels are gradient canaries.
+    With `canaries`, rows with negative labels are canaries whose loss is
+    linear in the parameters, ⟨θ, canary_gradient⟩.
     """
     extra = variables_extra or {}
     if canaries is not None:
@@ -137,9 +174,9 @@ def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree
             is_canary = label < 0
             loss, (_, correct) = data_loss(trainable, frozen,
                                            (image, jnp.maximum(label, 0), key))
-            d = canary_direction(canaries.key, -1 - label, trainable)
-            inner = sum(jnp.vdot(trainable[n].astype(jnp.float32), d[n]) for n in d)
-            total = jnp.where(is_canary, canaries.scale * inner, loss)
+            g = jax.lax.stop_gradient(canary_gradient(canaries, label, trainable))
+            inner = sum(jnp.vdot(trainable[n].astype(jnp.float32), g[n]) for n in g)
+            total = jnp.where(is_canary, inner, loss)
             return total, (jnp.where(is_canary, 0.0, loss), jnp.where(is_canary, 0.0, correct))
 
         return canary_loss_fn
@@ -152,7 +189,8 @@ def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree
         else:
             views = augment.to_float(image)[None]
         x = augment.normalize(views, spec.mean, spec.std)
-        logits = model.apply({"params": merge_params(trainable, frozen), **extra}, x)
+        logits = model.apply({"params": model_params(merge_params(trainable, frozen)), **extra},
+                             x)
         labels = jnp.full((x.shape[0],), label)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         correct = (jnp.argmax(logits, -1) == labels).mean()
@@ -208,11 +246,15 @@ def accumulate_private(trainable, frozen, acc, stats, images, labels, indices, m
 
 
 def accumulate_private_fast(params, acc, stats, images, labels, indices, mask, key, clip_norm,
-                            *, model, spec, extra, is_trainable, method="auto"):
+                            *, model, spec, extra, is_trainable, method="auto",
+                            canaries: GradientCanaries | None = None):
     """Like `accumulate_private`, with norms and the clipped sum from one backward pass.
 
     `dpjax.privacy.fast_clipping` (ghost / book-keeping clipping) never forms
-    per-example gradients; its result equals the vmap method's (tested).
+    per-example gradients; its result equals the vmap method's (tested). A
+    privacy unit's K images (`spec.unit_size`) are rows of one example, like
+    augmult views. Audit canaries' gradients (known in closed form) enter the
+    norms through `extra_sqnorms` and the sum through the returned factors.
     """
     from dpjax.privacy import fast_clipping
 
@@ -224,12 +266,28 @@ def accumulate_private_fast(params, acc, stats, images, labels, indices, mask, k
                                          spec.crop_padding, spec.flip)
         return augment.to_float(image)[None]
 
-    v = jax.vmap(views)(images, keys)
-    x = augment.normalize(v.reshape((-1,) + v.shape[2:]), spec.mean, spec.std)
+    if spec.unit_size:  # (B, K, H, W, C): each image its own key, as in the vmap loss
+        v = jax.vmap(lambda ims, k: jax.vmap(views)(ims, jax.random.split(k, ims.shape[0])))(
+            images, keys)
+    else:
+        v = jax.vmap(views)(images, keys)
+    num_views = v.shape[-4]
+    x = augment.normalize(v.reshape((-1,) + v.shape[-3:]), spec.mean, spec.std)
+    model_only = model_params(params)
+    extra_sq = aux = None
+    if canaries is not None:
+        trainable, _ = split_params(params, is_trainable)
+        aux = jax.vmap(lambda lb: canary_gradient(canaries, lb, trainable))(labels)
+        extra_sq = sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in aux.values())
     result = fast_clipping.clipped_sum_and_stats(
-        model, params, extra or None, x, labels, mask, clip_norm, v.shape[1],
-        is_trainable=is_trainable, method=method)
+        model, model_only, extra or None, x, labels, mask, clip_norm, num_views,
+        is_trainable=is_trainable, method=method, extra_sqnorms=extra_sq)
     clipped, _ = split_params(result.clipped_sum, is_trainable)
+    if aux is not None:  # the canaries' clipped gradients, with the factors of their norms
+        for n, g in aux.items():
+            part = jnp.einsum("b,b...->...", result.factors, g,
+                              precision=jax.lax.Precision.HIGHEST)
+            clipped[n] = clipped[n] + part if n in clipped else part
     acc = jax.tree_util.tree_map(lambda a, c: a + c.astype(jnp.float32), acc, clipped)
     m = mask.astype(jnp.float32)
     finite = jnp.isfinite(result.norms)
@@ -276,15 +334,28 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
     return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
-def apply_update(state: TrainState, acc, stats: StepStats, noise_key, noise_multiplier,
-                 clip_norm, expected_batch_size, *, tx: optax.GradientTransformation,
-                 is_trainable, private: bool, ema_decay: float, ema_warmup: bool):
-    """One optimiser step from the accumulated (clipped) gradient sums."""
+class Released(NamedTuple):
+    """What an update releases beside the new state (all post-processing of the noisy sum)."""
+
+    grad_norm: jax.Array    # norm of the privatized gradient (divergence check)
+    canaries: jax.Array     # the privatized gradient on the audit canaries' coordinates
+
+
+def apply_update(state: TrainState, acc, stats: StepStats, noise_key, noise_stddev,
+                 expected_batch_size, *, tx: optax.GradientTransformation, is_trainable,
+                 private: bool, ema_decay: float, ema_warmup: bool):
+    """One optimiser step from the accumulated (clipped) gradient sums.
+
+    Private: ĝ = (psum(acc) + N(0, noise_stddev²)) / B, the noise drawn once
+    from `noise_key`, which every device holds (so every replica adds the same
+    draw), with `noise_stddev` = σ·Δ from the plan and B the expected batch size.
+    """
     total = jax.lax.psum(acc, AXIS)
     stats = jax.tree_util.tree_map(lambda s: jax.lax.psum(s, AXIS), stats)
     if private:
-        grads = clipping.privatize_sum(
-            noise_key, total, noise_multiplier, clip_norm, expected_batch_size)
+        noise = clipping.gaussian_noise_like(noise_key, total, noise_stddev)
+        grads = jax.tree_util.tree_map(
+            lambda s, n: (s.astype(jnp.float32) + n) / expected_batch_size, total, noise)
     else:
         grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(stats.count, 1.0), total)
     trainable, frozen = split_params(state.params, is_trainable)
@@ -297,7 +368,8 @@ def apply_update(state: TrainState, acc, stats: StepStats, noise_key, noise_mult
     else:
         ema = params
     new_state = TrainState(state.step + 1, params, opt_state, ema)
-    return new_state, stats, clipping.global_norm(grads)
+    canaries = grads.get(CANARY_PARAM, jnp.zeros((0,), jnp.float32))
+    return new_state, stats, Released(clipping.global_norm(grads), canaries)
 
 
 # --- building the pmapped functions ----------------------------------------
@@ -329,7 +401,7 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
             return accumulate_private_fast(params, acc, stats, images, labels, indices, mask,
                                            key, clip_norm, model=model, spec=spec,
                                            extra=variables_extra, is_trainable=is_trainable,
-                                           method=fast_method)
+                                           method=fast_method, canaries=canaries)
         trainable, frozen = split_params(params, is_trainable)
         frozen = jax.lax.stop_gradient(frozen)
         return accumulate(trainable, frozen, acc, stats, images, labels, indices, mask, key,
@@ -346,7 +418,7 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
         accumulate=jax.pmap(p_accumulate, axis_name=AXIS, donate_argnums=(1, 2),
                             in_axes=(0, 0, 0, 0, 0, 0, 0, None, None)),
         update=jax.pmap(update, axis_name=AXIS, donate_argnums=(0,),
-                        in_axes=(0, 0, 0, None, None, None, None)),
+                        in_axes=(0, 0, 0, None, None, None)),
         zeros_like_trainable=jax.pmap(zeros),
         accumulate_one_device=p_accumulate,
     )
@@ -363,6 +435,7 @@ def make_predict(model: nn.Module, spec: InputSpec, variables_extra=None):
 
     @jax.jit
     def predict(params, images):
-        return model.apply({"params": params, **extra}, prepare_eval(images, spec))
+        return model.apply({"params": model_params(params), **extra},
+                           prepare_eval(images, spec))
 
     return predict

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+
+log = logging.getLogger("dpjax")
 
 # Metrics computed from the private training set. They are NOT covered by the
 # run's ε: showing them to a person releases information about the data.
@@ -28,11 +31,13 @@ class MetricWriter:
     def write(self, step: int, metrics: dict) -> None:
         if not self._enabled:
             return
-        record = {"step": step, **metrics}
+        from dpjax.train.workdir import strict_json
+
+        record = strict_json({"step": step, **metrics})
         private = [k for k in metrics if k in NOT_COVERED_BY_EPSILON]
         if private:
             record["not_covered_by_epsilon"] = private
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for k, v in metrics.items():
@@ -45,3 +50,46 @@ class MetricWriter:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class Progress:
+    """tqdm progress bar (step, loss, ε so far, examples/s) on process 0, or plain log lines.
+
+    Other processes of a cluster show nothing: one voice per cluster.
+    """
+
+    def __init__(self, config, start: int, total: int):
+        import jax
+
+        self._bar = None
+        self._quiet = jax.process_index() != 0
+        if config.progress_bar and not self._quiet:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=start, desc=config.name, unit="step",
+                             dynamic_ncols=True)
+        self._pos = start
+
+    def update(self, step: int, metrics: dict) -> None:
+        shown = {}
+        if metrics.get("train_loss") is not None:
+            shown["loss"] = f"{metrics['train_loss']:.3f}"
+        if metrics.get("epsilon") is not None:
+            shown["eps"] = f"{metrics['epsilon']:.3f}"
+        shown["ex/s"] = f"{metrics['examples_per_s']:.0f}"
+        if self._bar is not None:
+            self._bar.update(step - self._pos)
+            self._bar.set_postfix(shown, refresh=False)
+        elif not self._quiet:
+            log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in shown.items()))
+        self._pos = step
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+        elif not self._quiet:
+            log.info(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -66,8 +66,11 @@ def test_phase_one_never_opens_private_data_and_loss_falls(tmp_path, monkeypatch
     def forbidden(*args, **kwargs):
         raise AssertionError("Phase I opened a data set")
 
-    for name in ("load", "load_digits", "load_tfds", "load_npz", "load_image_folder"):
+    from dpjax.data import registry
+
+    for name in ("load", "load_digits", "load_npz", "load_image_folder"):
         monkeypatch.setattr(sources, name, forbidden)
+    monkeypatch.setattr(registry, "loader", forbidden)
     path = pretrain.pretrain(_config(pretrain_steps=60), str(tmp_path), seed=0)
     info = json.load(open(f"{path}/prior.json"))
     history = [loss for _, loss in info["loss_history"]]
@@ -97,7 +100,8 @@ def test_three_phase_run_composed_accounting(tmp_path):
     names = [p["name"] for p in summary["phases"]]
     assert names == ["phase1_prior", "phase2_linear_probe", "phase3_finetune"]
     prior, p2, p3 = summary["phases"]
-    assert prior["steps"] == 0 and prior["epsilon"] == 0.0 and prior["tensors_loaded"] > 0
+    assert prior["steps"] == 0 and prior["epsilon"] == 0.0 and prior["noise_multiplier"] is None
+    assert summary["prior"]["tensors_loaded"] > 0
     assert (p2["steps"], p3["steps"]) == (2, 4)
     q = 16 / 64
     direct = accounting.epsilon([accounting.Phase(2, p2["noise_multiplier"], q),
@@ -113,12 +117,9 @@ def test_phase_two_trains_only_the_head(tmp_path):
     c.pretrain.steps = 10
     data = make_splits(num_train=64, num_test=32, size=8)
     loop.train_and_evaluate(c, str(tmp_path / "a"), data=data, max_steps_this_run=2)
-    template = loop.step_lib.init_state(loop.build_model(c, data)[1]["params"],
-                                        loop.optim.make_optimizer(c.optimizer, 2),
-                                        loop.is_head_param)
-    state, _ = loop.checkpoint_lib.Checkpointer(str(tmp_path / "a")).restore(template)
+    named, _, _ = loop.checkpoint_lib.Checkpointer(str(tmp_path / "a")).restore_named()
     prior, _ = priors.load_prior(str(tmp_path / "a" / "prior"))
-    flat, _ = loop.step_lib.split_params(state.params, None)
+    flat = loop.checkpoint_lib.flatten_named(named["params"])
     for path, value in flat.items():
         if loop.is_head_param(path):
             continue
@@ -131,7 +132,7 @@ def test_phase_two_trains_only_the_head(tmp_path):
 def test_different_sigma_per_phase(tmp_path):
     c = _config()
     c.phases.head_noise_multiplier = 3.0
-    plan = loop.plan_privacy(c, 64)
+    plan = loop.plan_from_config(c, 64)
     assert plan.phases[0].noise_multiplier == 3.0
     assert plan.planned_epsilon() == pytest.approx(2.0, rel=0.01)
     assert plan.phases[1].noise_multiplier != 3.0

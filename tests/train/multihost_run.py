@@ -1,16 +1,23 @@
 """One process of a two-process (or one-process) CPU training run (run as a script).
 
-Usage: python multihost_run.py PROCESS_ID NUM_PROCESSES PORT WORKDIR [TFDS_DIR]
+Usage: python multihost_run.py PROCESS_ID NUM_PROCESSES PORT WORKDIR [TFDS_DIR | default_seed]
 
 With TFDS_DIR the same images are streamed from a TFDS array_record layout
 there (data set "synthetic"), and every call that decodes examples appends
 the indices it fetched to WORKDIR/fetched-PROCESS_ID.txt, one line per call.
+
+With `default_seed` the config sets no seed (OS entropy, the default), and
+every batch the process's sampler draws is appended to
+WORKDIR/batches-PROCESS_ID.txt.
 """
 
+import os
 import sys
 
 pid, n, port, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 tfds_dir = sys.argv[5] if len(sys.argv) > 5 else ""
+default_seed = tfds_dir == "default_seed"
+tfds_dir = "" if default_seed else tfds_dir
 
 from dpjax import distributed  # noqa: E402
 
@@ -32,11 +39,23 @@ c.augmult = 2
 c.augment.crop_padding = 1
 c.augment.flip = True
 c.num_steps = 4
-c.seed = 5
+c.seed = -1 if default_seed else 5
 c.progress_bar = False
 c.checkpoint_every = 2
+if default_seed:
+    from dpjax.privacy import sampling
+
+    batch = sampling.PoissonSampler.batch
+
+    def logged_batch(self, step):
+        plan = batch(self, step)
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, f"batches-{pid}.txt"), "a") as f:
+            f.write(f"{step}: " + " ".join(map(str, plan.indices[plan.mask])) + "\n")
+        return plan
+
+    sampling.PoissonSampler.batch = logged_batch
 if tfds_dir:
-    import os
 
     from dpjax.data import tfds_records
 

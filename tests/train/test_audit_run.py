@@ -32,7 +32,7 @@ DATA = make_splits(num_train=300, num_test=50, size=8)
 @pytest.mark.parametrize("control", [None, "noise_off", "clip_off"])
 def test_gradient_canary_audit_and_controls(tmp_path, control):
     report = audit.run_audit(_config(), str(tmp_path), num_canaries=1000, control=control,
-                             data=DATA)
+                             kind="gradient", data=DATA)
     eps = report["theoretical_epsilon"]
     assert eps == pytest.approx(1.0, rel=0.01)
     bound = report["empirical_epsilon_lower_bound"]

@@ -89,7 +89,7 @@ def test_auto_micro_batch_trains_the_same_model(tmp_path, monkeypatch):
     small = loop.train_and_evaluate(_config(0), str(tmp_path / "small"), data=data)
     assert 4 <= chosen["m"] < 24 and small["micro_batch_size"] == chosen["m"]
     assert small["epsilon"] == fixed["epsilon"]
-    np.testing.assert_allclose(small["test_probs"], fixed["test_probs"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(small["test_probs"], fixed["test_probs"], rtol=1e-4, atol=1e-5)
 
 
 def test_no_recompilation_across_steps(tmp_path):
@@ -117,4 +117,4 @@ def test_fast_clipping_with_measured_norm_forms_trains_like_vmap(tmp_path):
     c.privacy.clipping, c.privacy.fast_method = "fast", "measured"
     fast = loop.train_and_evaluate(c, str(tmp_path / "fast"), data=data)
     assert fast["epsilon"] == vmap["epsilon"]
-    np.testing.assert_allclose(fast["test_probs"], vmap["test_probs"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fast["test_probs"], vmap["test_probs"], rtol=1e-4, atol=1e-5)

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from dpjax.data import tfds_records
+from dpjax.privacy import randomness
 from dpjax.privacy.sampling import PoissonSampler
 from dpjax.train import checkpoint as checkpoint_lib
 from tests.helpers import REPO, make_splits
@@ -28,11 +29,8 @@ def _free_port():
 
 
 def _state(workdir):
-    ckpt = checkpoint_lib.Checkpointer(str(workdir))
-    args = checkpoint_lib.ocp.args
-    restored = ckpt._manager.restore(ckpt.latest_step(), args=args.Composite(
-        state=args.StandardRestore(), meta=args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    named, meta, _ = checkpoint_lib.Checkpointer(str(workdir)).restore_named()
+    return checkpoint_lib.flatten_named(named), meta
 
 
 def _write_tfds(data_dir):
@@ -54,6 +52,28 @@ def _write_tfds(data_dir):
          for s in ("train", "test")}, splits.class_names, num_shards=2, image_format="png")
 
 
+def _two_processes(workdir, last_arg):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, SCRIPT, str(i), "2", port, str(workdir),
+                               last_arg], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+
+
+def test_default_os_seed_is_shared_by_all_hosts(tmp_path):
+    """No seed in the config: one OS seed for the cluster, the same batches, one model."""
+    _two_processes(tmp_path / "w", "default_seed")
+    batches = [open(tmp_path / "w" / f"batches-{i}.txt").read().splitlines() for i in range(2)]
+    assert batches[0] and batches[0] == batches[1]
+    summary = json.load(open(tmp_path / "w" / "summary.json"))
+    prints = summary["replica_fingerprints"]
+    assert summary["seed_source"] == "os" and len(prints) == 2 and prints[0] == prints[1]
+
+
 def test_two_processes_match_one(tmp_path):
     _write_tfds(tmp_path / "tfds")
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
@@ -61,13 +81,7 @@ def test_two_processes_match_one(tmp_path):
     one = subprocess.run([sys.executable, SCRIPT, "0", "1", "0", str(tmp_path / "one")], env=env,
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, SCRIPT, str(i), "2", port, str(tmp_path / "two"),
-                               str(tmp_path / "tfds")], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
+    _two_processes(tmp_path / "two", str(tmp_path / "tfds"))
     a, meta_a = _state(tmp_path / "one")
     b, meta_b = _state(tmp_path / "two")
     num = np.sqrt(sum(np.sum((a[k] - b[k]) ** 2) for k in a if a[k].dtype.kind == "f"))
@@ -87,7 +101,7 @@ def test_two_processes_match_one(tmp_path):
         a_idx, b_idx = set(map(int, a_line.split())), set(map(int, b_line.split()))
         assert not a_idx & b_idx
         fetched += sorted(a_idx | b_idx)
-    sampler = PoissonSampler(96, 24, 16, int(meta_b["seed"]) % (2**63))
+    sampler = PoissonSampler(96, 24, 16, randomness.derive_seed(int(meta_b["seed"]), "sampling"))
     drawn = []
     for step in range(4):
         batch = sampler.batch(step)

@@ -29,7 +29,7 @@ def _patient_update(fns, state, images, labels, key=0):
     acc, stats = fns.accumulate(rstate.params, acc, stats, images[None], labels[None],
                                 np.arange(u, dtype=np.int32)[None], np.ones((1, u), bool),
                                 jax.random.key(key), C)
-    new, _, _ = fns.update(rstate, acc, stats, jax.random.key(1), 0.0, C, B)
+    new, _, _ = fns.update(rstate, acc, stats, jax.random.key(1), 0.0, B)
     return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), new.params)
 
 

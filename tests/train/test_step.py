@@ -49,7 +49,8 @@ def _update(fns, state, images, labels, micro, sigma=0.0, seed=0, ids=None):
         acc, stats = fns.accumulate(rstate.params, acc, stats, images[None, sl],
                                     labels[None, sl], idx[None, sl], mask[None, sl],
                                     jax.random.fold_in(key, 1), C)
-    new, stats, _ = fns.update(rstate, acc, stats, jax.random.fold_in(key, 0), sigma, C, B)
+    new, stats, _ = fns.update(rstate, acc, stats, jax.random.fold_in(key, 0),
+                              sigma * C if sigma else 0.0, B)
     return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), new.params)
 
 
@@ -177,6 +178,6 @@ def test_accumulator_and_state_buffers_are_donated():
     new_acc, new_stats = fns.accumulate(rstate.params, acc, stats, images, *rows,
                                         jax.random.key(0), C)
     assert all(x.is_deleted() for x in jax.tree_util.tree_leaves((acc, stats)))
-    new_state, _, _ = fns.update(rstate, new_acc, new_stats, jax.random.key(1), 1.0, C, B)
+    new_state, _, _ = fns.update(rstate, new_acc, new_stats, jax.random.key(1), 1.0 * C, B)
     assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(rstate))
     assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(new_state))

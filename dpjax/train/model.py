@@ -1,0 +1,62 @@
+"""The model of a run: the module, its initial variables, its input spec, `predict`.
+
+Initial parameters are public (drawn from a fixed key: they depend on no
+private data), so they need no OS entropy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dpjax import models
+from dpjax.data import sources
+from dpjax.train import step as step_lib
+
+PyTree = Any
+HEAD_PARAMS = ("final_norm/", "classifier/")
+
+
+def is_head_param(path: str) -> bool:
+    """The parameters a DP linear probe trains: the last norm's affine and the classifier."""
+    return path.startswith(HEAD_PARAMS)
+
+
+@dataclasses.dataclass
+class BuiltModel:
+    """A module with its initial variables, input spec and jitted `predict`."""
+
+    module: nn.Module
+    params: PyTree          # initial 'params' collection
+    extra: dict             # the other collections (e.g. frozen 'batch_stats')
+    spec: step_lib.InputSpec
+    predict: Callable       # predict(params, uint8 images) -> logits
+
+
+def input_spec(config: ml_collections.ConfigDict, unit_size: int = 0) -> step_lib.InputSpec:
+    return step_lib.InputSpec(mean=tuple(config.dataset.mean), std=tuple(config.dataset.std),
+                              crop_padding=config.augment.crop_padding, flip=config.augment.flip,
+                              augmult=config.augmult, unit_size=unit_size)
+
+
+def build(config: ml_collections.ConfigDict, data: sources.DataSplits, unit_size: int = 0,
+          module: nn.Module | None = None) -> BuiltModel:
+    """The configured zoo model (or `module`) for `data`, initialised."""
+    if module is None:
+        module = models.get_model(config.model.name, data.num_classes,
+                                  dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
+    sample = np.zeros((1,) + tuple(data.train.image_shape), np.float32)
+    # The "rbg" generator compiles the initialisers several times faster than the
+    # default on CPU; initial values are public (no privacy role).
+    variables = module.init(jax.random.key(0, impl="rbg"), sample)
+    extra = {k: v for k, v in variables.items() if k != "params"}
+    spec = input_spec(config, unit_size)
+    return BuiltModel(module, variables["params"], extra, spec,
+                      step_lib.make_predict(module, spec, extra))
