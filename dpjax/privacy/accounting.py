@@ -88,26 +88,29 @@ def _make_accountant(accountant: str):
     raise ConfigError(f"Expected privacy.accountant in {ACCOUNTANTS}, got {accountant!r}.")
 
 
-def epsilon(phases: Sequence[Phase], delta: float, accountant: str = "pld") -> float:
-    """ε spent by the phases at the given δ (add/remove-one neighbouring).
+def epsilon(phases: Sequence[Phase], delta: float, accountant: str = "pld",
+            extra_events: Sequence[dp_accounting.DpEvent] = ()) -> float:
+    """ε spent by the phases (and `extra_events`, e.g. a DP count of the labels) at δ.
 
-    Returns 0.0 when no private step ran and `inf` when σ = 0 for any step.
+    Add/remove-one neighbouring; everything is composed by the accountant.
+    Returns 0.0 when nothing private ran and `inf` when σ = 0 for any step.
     """
     _check_rate("delta", delta, allow_one=False)
     phases = [p for p in phases if p.steps > 0]
-    if not phases:
+    if not phases and not extra_events:
         return 0.0
     if any(p.noise_multiplier == 0 for p in phases):
         return math.inf
     key = tuple((p.steps, p.noise_multiplier, p.sampling_rate) for p in phases)
-    return _cached_epsilon(key, delta, accountant)
+    return _cached_epsilon(key, delta, accountant, tuple(extra_events))
 
 
 @functools.lru_cache(maxsize=4096)
-def _cached_epsilon(key, delta: float, accountant: str) -> float:
+def _cached_epsilon(key, delta: float, accountant: str, extra=()) -> float:
     acc = _make_accountant(accountant)
     try:
-        acc.compose(dp_event([Phase(s, z, q) for s, z, q in key]))
+        acc.compose(dp_accounting.ComposedDpEvent(
+            list(extra) + [Phase(s, z, q).dp_event() for s, z, q in key]))
         return float(acc.get_epsilon(delta))
     except (ValueError, OverflowError, MemoryError):
         # Tiny σ: the privacy loss distribution is too wide to represent; the
@@ -122,6 +125,7 @@ def calibrate_noise_multiplier(
     steps: int,
     accountant: str = "pld",
     fixed_phases: Sequence[Phase] = (),
+    extra_events: Sequence[dp_accounting.DpEvent] = (),
 ) -> float:
     """Smallest σ (to `CALIBRATION_TOL`) whose ε after `steps` steps is ≤ target.
 
@@ -139,14 +143,16 @@ def calibrate_noise_multiplier(
     _check_positive_int("steps", steps)
     fixed = tuple((p.steps, p.noise_multiplier, p.sampling_rate) for p in fixed_phases
                   if p.steps > 0)
-    return _cached_calibration(target_epsilon, delta, sampling_rate, steps, accountant, fixed)
+    return _cached_calibration(target_epsilon, delta, sampling_rate, steps, accountant, fixed,
+                               tuple(extra_events))
 
 
 @functools.lru_cache(maxsize=256)
 def _cached_calibration(target_epsilon, delta, sampling_rate, steps, accountant,
-                        fixed=()) -> float:
+                        fixed=(), extra=()) -> float:
     def eps_at(sigma: float) -> float:
-        return _cached_epsilon(fixed + ((steps, sigma, sampling_rate),), delta, accountant)
+        return _cached_epsilon(fixed + ((steps, sigma, sampling_rate),), delta, accountant,
+                               extra)
 
     # Bracket: eps(lo) > target >= eps(hi), then bisect on σ.
     hi = 1.0

@@ -89,6 +89,9 @@ class DPExecutionPlan:
     private: bool
     poisson: bool
     calibrated: bool
+    # Private releases made before training and composed into ε, as (name, DpEvent,
+    # ε of that release alone): e.g. Laplace-noised class counts for logit adjustment.
+    pre_releases: tuple = ()
 
     # --- the schedule ------------------------------------------------------
 
@@ -180,27 +183,45 @@ class DPExecutionPlan:
         """ε spent by the steps in `ledger` at this plan's δ (None for a non-private run)."""
         if not self.private:
             return None
-        return accounting.epsilon(ledger.phases, self.delta, self.accountant)
+        return accounting.epsilon(ledger.phases, self.delta, self.accountant,
+                                  self._pre_events())
+
+    def _pre_events(self) -> tuple:
+        return tuple(event for _, event, _ in self.pre_releases)
+
+    def with_pre_release(self, name: str, event: dp_accounting.DpEvent,
+                         epsilon: float) -> DPExecutionPlan:
+        """This plan with one more private release before training, composed into ε.
+
+        σ is not recalibrated: a calibrated plan's total ε then exceeds its target
+        by about the release's ε (callers calibrate with `make_plan(pre_releases=...)`).
+        """
+        return dataclasses.replace(self, pre_releases=self.pre_releases + ((name, event,
+                                                                           epsilon),))
 
     def planned_epsilon(self) -> float | None:
         """ε after all planned steps (what `dpjax account` prints)."""
         if not self.private:
             return None
-        return accounting.epsilon(self._planned_phases(), self.delta, self.accountant)
+        return accounting.epsilon(self._planned_phases(), self.delta, self.accountant,
+                                  self._pre_events())
 
     def _planned_phases(self) -> list[accounting.Phase]:
         return [accounting.Phase(p.steps, p.noise_multiplier, self.sampling_rate, p.name)
                 for p in self.phases]
 
     def phase_report(self, ledger: PrivacyLedger) -> list[dict]:
-        """Per phase that ran: name, steps, σ, q and ε cumulative after it."""
-        out = []
+        """Per release and phase that ran: name, steps, σ, q and ε cumulative after it."""
+        out = [{"name": name, "steps": 0, "noise_multiplier": None, "sampling_rate": None,
+                "epsilon": accounting.epsilon([], self.delta, self.accountant,
+                                              self._pre_events()[:i + 1])}
+               for i, (name, _, _) in enumerate(self.pre_releases)]
         for i, ph in enumerate(ledger.phases):
             out.append({"name": ph.name, "steps": ph.steps,
                         "noise_multiplier": ph.noise_multiplier if self.private else None,
                         "sampling_rate": ph.sampling_rate,
                         "epsilon": accounting.epsilon(ledger.phases[:i + 1], self.delta,
-                                                      self.accountant)
+                                                      self.accountant, self._pre_events())
                         if self.private else None})
         return out
 
@@ -208,12 +229,14 @@ class DPExecutionPlan:
 def make_plan(shapes: Sequence[PhaseShape], *, num_examples: int, expected_batch_size: int,
               clip_norm: float, delta: float, accountant: str = "pld", private: bool = True,
               poisson: bool = True, target_epsilon: float = 0.0,
-              noise_multiplier: float = 0.0) -> DPExecutionPlan:
+              noise_multiplier: float = 0.0, pre_releases: tuple = ()) -> DPExecutionPlan:
     """Decides every phase's σ: given (`noise_multiplier` > 0) or calibrated to `target_epsilon`.
 
     Phases with their own fixed σ (`PhaseShape.noise_multiplier` > 0) keep it;
     the others share one σ, the given one or the smallest that keeps ε of all
     phases composed at or below `target_epsilon` (`accounting.calibrate_noise_multiplier`).
+    `pre_releases` ((name, DpEvent, ε) made before training) are composed in, and
+    the calibration leaves room for them.
 
     Raises:
       ConfigError: an argument out of range, or both or neither of
@@ -247,7 +270,8 @@ def make_plan(shapes: Sequence[PhaseShape], *, num_examples: int, expected_batch
         fixed = [accounting.Phase(s.steps, s.noise_multiplier, q, s.name) for s in shapes
                  if s.noise_multiplier > 0 and s.steps > 0]
         sigma = accounting.calibrate_noise_multiplier(
-            target_epsilon, delta, q, sum(s.steps for s in free), accountant, fixed)
+            target_epsilon, delta, q, sum(s.steps for s in free), accountant, fixed,
+            tuple(event for _, event, _ in pre_releases))
         calibrated = True
     else:
         raise ConfigError("Neither privacy.target_epsilon nor privacy.noise_multiplier is set: "
@@ -255,4 +279,4 @@ def make_plan(shapes: Sequence[PhaseShape], *, num_examples: int, expected_batch
     phases = tuple(PhaseSpec(s.name, s.steps, s.noise_multiplier if s.noise_multiplier > 0
                              else sigma, s.learning_rate, s.trainable) for s in shapes)
     return DPExecutionPlan(phases, clip_norm=float(clip_norm), private=True,
-                           calibrated=calibrated, **common)
+                           calibrated=calibrated, pre_releases=tuple(pre_releases), **common)

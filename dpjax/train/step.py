@@ -98,6 +98,20 @@ class InputSpec:
     # > 0: each "example" is a privacy unit (a patient) of up to this many
     # images; padded slots have label −1.
     unit_size: int = flax.struct.field(pytree_node=False, default=0)
+    # Logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment"):
+    # the training loss is computed on logits + these per-class offsets (τ·log prior),
+    # prediction uses the raw logits. Empty: plain cross-entropy. Public constants,
+    # or class priors estimated with DP and accounted.
+    logit_offsets: tuple = flax.struct.field(pytree_node=False, default=())
+
+
+def training_loss(logits: jax.Array, labels: jax.Array, spec: InputSpec) -> jax.Array:
+    """Per-row training loss: softmax cross-entropy on the (adjusted) logits, 0 for label < 0."""
+    from dpjax.privacy.fast_clipping import masked_cross_entropy
+
+    if spec.logit_offsets:
+        logits = logits + jnp.asarray(spec.logit_offsets, logits.dtype)
+    return masked_cross_entropy(logits, labels)
 
 
 def prepare_eval(images: jax.Array, spec: InputSpec) -> jax.Array:
@@ -192,7 +206,7 @@ def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree
         logits = model.apply({"params": model_params(merge_params(trainable, frozen)), **extra},
                              x)
         labels = jnp.full((x.shape[0],), label)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        loss = training_loss(logits, labels, spec).mean()
         correct = (jnp.argmax(logits, -1) == labels).mean()
         return loss, (loss, correct)
 
@@ -281,7 +295,8 @@ def accumulate_private_fast(params, acc, stats, images, labels, indices, mask, k
         extra_sq = sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in aux.values())
     result = fast_clipping.clipped_sum_and_stats(
         model, model_only, extra or None, x, labels, mask, clip_norm, num_views,
-        is_trainable=is_trainable, method=method, extra_sqnorms=extra_sq)
+        is_trainable=is_trainable, method=method, extra_sqnorms=extra_sq,
+        loss_fn=lambda logits, lb: training_loss(logits, lb, spec))
     clipped, _ = split_params(result.clipped_sum, is_trainable)
     if aux is not None:  # the canaries' clipped gradients, with the factors of their norms
         for n, g in aux.items():
