@@ -160,7 +160,7 @@ def test_config_defaults_to_os_entropy_and_has_no_cache_dir():
 
 
 def test_os_entropy_by_default_each_run_its_own_draw(tmp_path):
-    images = _mid_grey(8, 8, 8, 1)
+    images = _mid_grey(16, 32, 32, 1)  # 16k values: |corr| of independent draws ~0.008
     a, info_a = ldp.apply_local_dp(images, 0.05, -1, str(tmp_path / "a"))
     b, info_b = ldp.apply_local_dp(images, 0.05, -1, str(tmp_path / "b"))
     assert info_a["ldp_seed_source"] == info_b["ldp_seed_source"] == "os"
@@ -173,7 +173,7 @@ def test_os_entropy_by_default_each_run_its_own_draw(tmp_path):
 def test_two_scales_do_not_share_a_draw(tmp_path):
     # With a shared seed, 2·y1 − y2 = x for unclipped values (Laplace(2β) = 2·Laplace(β)):
     # the sweep's β columns must be independent draws.
-    images = _mid_grey(8, 8, 8, 1)
+    images = _mid_grey(16, 32, 32, 1)  # 16k values: |corr| of independent draws ~0.008
     y1, _ = ldp.apply_local_dp(images, 0.02, -1, str(tmp_path / "b1"))
     y2, _ = ldp.apply_local_dp(images, 0.04, -1, str(tmp_path / "b2"))
     n1, n2 = y1.astype(float) - 128, y2.astype(float) - 128
