@@ -135,6 +135,21 @@ def base_config() -> ml_collections.ConfigDict:
                                    # membership oracle: NOT covered by ε)
     ))
 
+    # Class imbalance: logit adjustment (Menon et al. 2021) trains on logits + τ·log π,
+    # so the argmax of the plain logits is the prior-corrected (balanced) decision. The
+    # prior π is public (`public_prior`), or estimated from the private labels with
+    # Laplace-noised class counts at ε = `prior_epsilon` (`dpjax.privacy.class_prior`),
+    # a release composed into the run's ε (σ calibration leaves room for it), or, for
+    # non-private runs only, the exact training counts ("empirical").
+    c.imbalance = ml_collections.ConfigDict(dict(
+        method="none",          # none | logit_adjustment
+        prior="dp",             # dp | public | empirical (privacy.mode=none only)
+        prior_epsilon=0.1,      # ε of the noisy class counts (prior=dp)
+        public_prior=(),        # class probabilities from public knowledge (prior=public)
+        prior_floor=1.0,        # noisy counts are clipped below at this count
+        tau=1.0,                # offsets τ·log π
+    ))
+
     c.batch_size = 256          # expected logical batch B (Poisson: q = B / N)
     c.micro_batch_size = 256    # rows per device per micro-batch (memory knob; 0 = the
                                 # largest that fits, from the compiled step's memory)
@@ -286,6 +301,8 @@ _CHOICES = {
     "pretrain.loss": ("align_uniform", "infonce"),
     "optimizer.name": ("sgd", "momentum", "adam"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
+    "imbalance.method": ("none", "logit_adjustment"),
+    "imbalance.prior": ("dp", "public", "empirical"),
 }
 _POSITIVE_INTS = ("batch_size", "augmult", "num_steps",
                   "eval_batch_size", "log_every", "checkpoint_every")
@@ -347,6 +364,7 @@ def validate(config: ml_collections.ConfigDict, choices: dict | None = None) -> 
         raise ConfigError(f"Expected ldp.seed={ldp_seed!r} to be -1 (OS entropy, the default) "
                           "or a fixed integer in [0, 2**63) (debugging only: anyone who knows "
                           "it can subtract the noise).")
+    _validate_imbalance(config)
     if config.dataset.name in ("npz", "folder", "csv", "kermany") and not config.dataset.path:
         raise ConfigError(f"dataset.path is empty: set it to the {config.dataset.name} data "
                           "(--config.dataset.path=...).")
@@ -383,6 +401,31 @@ def validate_for_data(config: ml_collections.ConfigDict, num_train: int,
         if len(config.dataset.mean) not in (1, channels):
             raise ConfigError(f"dataset.mean has {len(config.dataset.mean)} values but the "
                               f"images have {channels} channels: give 1 or {channels} values.")
+
+
+def _validate_imbalance(config: ml_collections.ConfigDict) -> None:
+    """The `imbalance` block (the prior's size against the classes is checked with the data)."""
+    m = config.imbalance
+    if m.method == "none":
+        return
+    _positive_float("imbalance.prior_epsilon", m.prior_epsilon)
+    _positive_float("imbalance.prior_floor", m.prior_floor)
+    _positive_float("imbalance.tau", m.tau)
+    if m.prior == "public":
+        prior = tuple(m.public_prior)
+        if len(prior) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                     and math.isfinite(v) and v > 0 for v in prior) \
+                or abs(sum(prior) - 1.0) > 1e-3:
+            raise ConfigError(f"imbalance.public_prior={prior!r} must list one probability > 0 "
+                              "per class, summing to 1 (e.g. (0.26, 0.74)), from public "
+                              "knowledge, never from the private labels.")
+    elif tuple(m.public_prior):
+        raise ConfigError(f"imbalance.public_prior is set but imbalance.prior={m.prior!r}: set "
+                          "imbalance.prior=public, or clear public_prior.")
+    if m.prior == "empirical" and config.privacy.mode != "none":
+        raise ConfigError("imbalance.prior=empirical uses the exact class counts of the private "
+                          "labels, which DP-SGD's ε does not cover: use imbalance.prior=dp "
+                          "(noisy counts, accounted) or public.")
 
 
 def _positive_float(name: str, value, hint: str = "") -> None:

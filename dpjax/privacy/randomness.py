@@ -39,7 +39,7 @@ SEED_BITS = 63
 
 # The tags of the streams dpjax draws from. Adding a use means adding a tag.
 TAGS = ("sampling", "noise", "augment", "canary", "canary_coins", "ldp", "pretrain",
-        "split")
+        "split", "class_counts")
 
 
 def os_seed() -> int:

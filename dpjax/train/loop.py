@@ -42,6 +42,7 @@ from dpjax.randp import pretrain, priors
 from dpjax.train import checkpoint as checkpoint_lib
 from dpjax.train import devices, optim, writers
 from dpjax.train import evaluate as evaluate_lib
+from dpjax.train import imbalance as imbalance_lib
 from dpjax.train import input as input_lib
 from dpjax.train import model as model_lib
 from dpjax.train import step as step_lib
@@ -80,7 +81,8 @@ def plan_from_config(config: ml_collections.ConfigDict,
         shapes, num_examples=num_examples, expected_batch_size=config.batch_size,
         clip_norm=p.clip_norm, delta=p.delta, accountant=p.accountant,
         private=p.mode == "dpsgd", poisson=p.sampling == "poisson",
-        target_epsilon=p.target_epsilon, noise_multiplier=p.noise_multiplier)
+        target_epsilon=p.target_epsilon, noise_multiplier=p.noise_multiplier,
+        pre_releases=imbalance_lib.pre_releases(config))
 
 
 def account(config: ml_collections.ConfigDict, num_examples: int | None = None,
@@ -200,6 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         seed, seed_source = work.resolve_seed(
             config.seed, (int(restored[1]["seed"]), restored[1]["seed_source"])
             if restored else None)
+        data = imbalance_lib.attach_prior(config, data, units, seed)  # DP class prior, if any
         work.write_identity(config.to_dict(), data_print, workdir_lib.environment())
         data, ldp_info = _local_dp(config, data, work, units)
         return _train(config, work, data, units, plan, seed, seed_source, restored,
@@ -325,7 +328,7 @@ def _train(config, work, data, units, plan, seed, seed_source, restored, checkpo
     # Evaluation and summary.
     final = _evaluate(config, built, state, data, with_probs=True)
     host = devices.unreplicate(state)
-    extra = dict(ldp_info or {})
+    extra = dict(ldp_info or {}, **summary_lib.run_entries(data, final["probs"]))
     if config.metrics.clinical:
         extra.update(evaluate_lib.clinical_metrics(config, data, final["probs"], built.predict,
                                                    host.ema_params))

@@ -18,6 +18,7 @@ import numpy as np
 
 from dpjax import models
 from dpjax.data import sources
+from dpjax.train import imbalance
 from dpjax.train import step as step_lib
 
 PyTree = Any
@@ -40,10 +41,13 @@ class BuiltModel:
     predict: Callable       # predict(params, uint8 images) -> logits
 
 
-def input_spec(config: ml_collections.ConfigDict, unit_size: int = 0) -> step_lib.InputSpec:
+def input_spec(config: ml_collections.ConfigDict, unit_size: int = 0,
+               logit_offsets: tuple = ()) -> step_lib.InputSpec:
+    """`logit_offsets`: τ·log π per class for logit adjustment (`train.imbalance`), or ()."""
     return step_lib.InputSpec(mean=tuple(config.dataset.mean), std=tuple(config.dataset.std),
                               crop_padding=config.augment.crop_padding, flip=config.augment.flip,
-                              augmult=config.augmult, unit_size=unit_size)
+                              augmult=config.augmult, unit_size=unit_size,
+                              logit_offsets=tuple(float(v) for v in logit_offsets))
 
 
 def build(config: ml_collections.ConfigDict, data: sources.DataSplits, unit_size: int = 0,
@@ -57,6 +61,7 @@ def build(config: ml_collections.ConfigDict, data: sources.DataSplits, unit_size
     # default on CPU; initial values are public (no privacy role).
     variables = module.init(jax.random.key(0, impl="rbg"), sample)
     extra = {k: v for k, v in variables.items() if k != "params"}
-    spec = input_spec(config, unit_size)
+    # Logit adjustment's offsets, put in data.info by `imbalance.attach_prior` (or none).
+    spec = input_spec(config, unit_size, imbalance.logit_offsets(data))
     return BuiltModel(module, variables["params"], extra, spec,
                       step_lib.make_predict(module, spec, extra))

@@ -2,15 +2,20 @@
 
 Every number here is either public (the config, the data set's size), a
 post-processing of the privatized updates (the final parameters' test
-metrics, ε), or listed under `not_covered_by_epsilon`.
+metrics, ε), a private release composed into ε (the DP class prior of logit
+adjustment, `pre_releases`), or listed under `not_covered_by_epsilon`.
 """
 
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 
+from dpjax.data import sources
+from dpjax.privacy import accounting
 from dpjax.privacy.plan import DPExecutionPlan
 from dpjax.privacy.sampling import PrivacyLedger
+from dpjax.train import imbalance, metrics
 
 EPSILON_COVERS = ("one run with these hyperparameters, add/remove-one neighbouring; tuning "
                   "hyperparameters on the private data costs privacy too and is not included")
@@ -21,6 +26,48 @@ FIXED_SEED_WARNING = (
     "holds only if the seed stays secret and no other released run used it.")
 SHUFFLE_WARNING = ("Batches were fixed-size shuffled, not Poisson-sampled: the reported epsilon "
                    "is the Poisson epsilon and does NOT apply.")
+# A model that gives one class to at least this fraction of the test images is flagged.
+ONE_CLASS_FRACTION = 0.98
+ONE_CLASS_WARNING = (
+    "The model predicts class {cls!r} for {pct:.1f} % of the test images: it is (almost) a "
+    "one-class predictor, whose accuracy is the share of that class in the test set "
+    "(balanced accuracy {bacc}); it has not learned to tell the classes apart at this "
+    "decision rule (AUROC {auroc} ranks them without one).")
+
+
+def run_entries(data: sources.DataSplits, test_probs: np.ndarray) -> dict:
+    """Summary entries every run gets beside accuracy, from the final test probabilities.
+
+    Test balanced accuracy, AUROC (binary, or one-vs-rest macro) and macro-F1, the
+    confusion matrix and the fraction of test images given each class (for the
+    one-class warning), plus the class-imbalance entries (`train.imbalance`: the
+    prior, its source and ε). Test metrics are post-processing of the released model.
+    """
+    entries = imbalance.summary_entries(data)
+    labels = np.asarray(data.test.labels).reshape(-1)
+    probs = np.asarray(test_probs)
+    if labels.size == 0 or data.num_classes < 2 or probs.shape != (labels.size,
+                                                                     data.num_classes):
+        return entries
+    m = metrics.classification_metrics(labels, probs, data.num_classes)
+    fractions = np.bincount(probs.argmax(axis=1), minlength=data.num_classes) / labels.size
+    entries.update(test_balanced_accuracy=m["balanced_accuracy"], test_auroc=m["auroc"],
+                   test_macro_f1=m["macro_f1"], test_confusion_matrix=m["confusion_matrix"],
+                   test_predicted_class_fractions=[float(f) for f in fractions])
+    return entries
+
+
+def one_class_warning(entries: dict, class_names=None) -> str | None:
+    """The warning for a model that predicts one class for (almost) every test image."""
+    fractions = entries.get("test_predicted_class_fractions")
+    if not fractions or max(fractions) < ONE_CLASS_FRACTION:
+        return None
+    top = int(np.argmax(fractions))
+    cls = class_names[top] if class_names and top < len(class_names) else top
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    return ONE_CLASS_WARNING.format(cls=cls, pct=100 * fractions[top],
+                                    bacc=fmt(entries.get("test_balanced_accuracy")),
+                                    auroc=fmt(entries.get("test_auroc")))
 
 
 def build(config: ml_collections.ConfigDict, plan: DPExecutionPlan, ledger: PrivacyLedger, *,
@@ -73,6 +120,17 @@ def build(config: ml_collections.ConfigDict, plan: DPExecutionPlan, ledger: Priv
         warnings.append(FIXED_SEED_WARNING)
     if private and not plan.poisson:
         warnings.append(SHUFFLE_WARNING)
+    one_class = one_class_warning(extra or {})
+    if (extra or {}).get("test_predicted_class_fractions"):
+        summary["one_class_predictor"] = one_class is not None
+    if one_class:
+        warnings.append(one_class)
+    if private and plan.pre_releases:
+        # ε above composes these releases (e.g. the DP class counts) with the training.
+        summary["pre_releases"] = [{"name": name, "epsilon": eps}
+                                   for name, _, eps in plan.pre_releases]
+        summary["epsilon_training_alone"] = accounting.epsilon(ledger.phases, plan.delta,
+                                                               plan.accountant)
     if warnings:
         summary["warning"] = " ".join(warnings)
     not_covered = []
@@ -80,6 +138,8 @@ def build(config: ml_collections.ConfigDict, plan: DPExecutionPlan, ledger: Priv
         summary[key] = value
         if key.startswith("train_") or key == "test_train_overlap":
             not_covered.append(key)
+    if summary.get("class_prior_source") == "empirical":
+        not_covered.append("class_prior")
     if not_covered:
         summary["not_covered_by_epsilon"] = sorted(not_covered)
     return summary
