@@ -170,10 +170,15 @@ def gather(runs: list[dict], metric: str = "test_accuracy") -> list[dict]:
         cell["values"].append(summary.get(metric))
         cell["eps"].append(summary.get("epsilon"))
         for extra in ("ldp_epsilon_per_value", "ldp_epsilon_per_pixel", "ldp_epsilon_per_image",
-                      "train_accuracy", "test_auroc", "test_balanced_accuracy",
-                      "seed_source", "ldp_seed_source"):
+                      "train_accuracy", "test_accuracy", "test_auroc", "test_balanced_accuracy",
+                      "one_class_predictor", "class_prior_epsilon", "epsilon_training_alone",
+                      "wall_time_s", "seed_source", "ldp_seed_source"):
             if summary.get(extra) is not None:
                 cell.setdefault(extra, []).append(summary[extra])
+        if summary.get("wall_time_s") and summary.get("steps") and summary.get("batch_size"):
+            # Whole run, compile and evaluation included; from the (public) expected batch.
+            cell.setdefault("examples_per_s", []).append(
+                summary["steps"] * summary["batch_size"] / summary["wall_time_s"])
     out = []
     for row in rows.values():
         for cell in row["methods"].values():
@@ -213,6 +218,54 @@ def seed_notes(rows: list[dict], fixed_seeds: Sequence[int] = ()) -> list[str]:
     return notes
 
 
+def _values(cell, key):
+    return [v for v in cell.get(key, []) if v is not None]
+
+
+def _fmt_stat(cell, key, scale=1.0, digits=1):
+    """mean ± std (n) of a per-run value, or "—"."""
+    values = _values(cell, key)
+    if not values:
+        return "—"
+    mean, std = _mean_std(values)
+    if len(values) == 1:
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def _fmt_one_class(cell, key="one_class_predictor"):
+    flags = _values(cell, key)
+    if not flags:
+        return "—"
+    return f"yes ({sum(flags)}/{len(flags)})" if any(flags) else "no"
+
+
+# (summary key, column label, formatter) shown beside the chosen metric.
+SIDE_COLUMNS = (
+    ("test_balanced_accuracy", "balanced acc. (%)", lambda c, k: _fmt_stat(c, k, 100)),
+    ("test_auroc", "AUROC", lambda c, k: _fmt_stat(c, k, 1, 3)),
+    ("one_class_predictor", "one-class predictor", _fmt_one_class),
+    ("wall_time_s", "wall time (s)", lambda c, k: _fmt_stat(c, k, 1, 0)),
+    ("examples_per_s", "examples/s", lambda c, k: _fmt_stat(c, k, 1, 0)),
+)
+
+
+def one_class_notes(rows: list[dict]) -> list[str]:
+    """A warning naming the runs that predicted one class for (almost) every test image."""
+    flagged = []
+    for row in rows:
+        for method, cell in row["methods"].items():
+            flags = _values(cell, "one_class_predictor")
+            if any(flags):
+                where = f"{method} {row['point']}" if row["point"] else method
+                flagged.append(f"{where} ({sum(flags)}/{len(flags)} runs)")
+    if not flagged:
+        return []
+    return ["Warning: one-class predictors (one class for >= 98 % of the test images; their "
+            "accuracy is that class's share of the test set and their balanced accuracy about "
+            "0.5): " + "; ".join(flagged) + "."]
+
+
 def write_tables(rows: list[dict], methods: Sequence[str], workdir: str,
                  metric: str = "test_accuracy", fixed_seeds: Sequence[int] = ()) -> str:
     """Writes results.md and results.csv in `workdir`; returns the Markdown.
@@ -222,7 +275,12 @@ def write_tables(rows: list[dict], methods: Sequence[str], workdir: str,
     independent releases.
     """
     point_keys = list(rows[0]["point"]) if rows else []
-    header = point_keys + [f"{m} {metric} (%)" for m in methods] + [f"{m} ε" for m in methods]
+    cells_all = [c for row in rows for c in row["methods"].values()]
+    # Beside the metric: balanced accuracy and AUROC (when the runs report them) and time.
+    side = [(key, label, fmt) for key, label, fmt in SIDE_COLUMNS
+            if key != metric and any(c.get(key) for c in cells_all)]
+    header = point_keys + [f"{m} {metric} (%)" for m in methods] + [
+        f"{m} {label}" for _, label, _ in side for m in methods] + [f"{m} ε" for m in methods]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -234,11 +292,12 @@ def write_tables(rows: list[dict], methods: Sequence[str], workdir: str,
             lines.append("| " + " | ".join(
                 [str(row["point"][k]) for k in point_keys]
                 + [_fmt(c.get("mean"), c.get("std"), len(c.get("values", []))) for c in cells]
+                + [fmt(c, key) for key, _, fmt in side for c in cells]
                 + ["non-private" if e is None else f"{e:.3f}" for e in eps]) + " |")
             writer.writerow([row["point"][k] for k in point_keys] + [
                 x for c in cells for x in (c.get("mean"), c.get("std"),
                                            len(c.get("values", [])), c.get("epsilon"))])
-    table = "\n".join(lines + [""] + seed_notes(rows, fixed_seeds)) + "\n"
+    table = "\n".join(lines + [""] + one_class_notes(rows) + seed_notes(rows, fixed_seeds)) + "\n"
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(table)
     return table
@@ -307,10 +366,15 @@ def write_paper_table(rows: list[dict], methods: Sequence[str], workdir: str,
         line("train accuracy (%, not covered by ε)", lambda c: pct(_mean(c, "train_accuracy")))
         line("test accuracy (%)", lambda c: _fmt(c.get("mean"), c.get("std"),
                                                   len(c.get("values", []))))
-        line("test AUROC", lambda c: "—" if _mean(c, "test_auroc") is None
-             else f"{_mean(c, 'test_auroc'):.3f}")
-        line("DP-SGD ε (δ = 1e-5, PLD)", lambda c: "—" if c.get("epsilon") is None
-             else f"{c['epsilon']:.2f}")
+        line("test balanced accuracy (%)",
+             lambda c: _fmt_stat(c, "test_balanced_accuracy", 100, 2))
+        line("test AUROC", lambda c: _fmt_stat(c, "test_auroc", 1, 3))
+        line("one-class predictor (≥ 98 % of test images one class)", _fmt_one_class)
+        line("DP-SGD ε (δ = 1e-5, PLD; with the class prior's)",
+             lambda c: "—" if c.get("epsilon") is None else f"{c['epsilon']:.2f}")
+        line("of which: class prior ε (Laplace counts)",
+             lambda c: "—" if _mean(c, "class_prior_epsilon") is None or c.get("epsilon") is None
+             else f"{_mean(c, 'class_prior_epsilon'):.2f}")
         line("LDP ε per value", lambda c: "—" if _mean(c, "ldp_epsilon_per_value") is None
              else f"{_mean(c, 'ldp_epsilon_per_value'):.2f}")
         line("LDP ε per pixel", lambda c: "—" if _mean(c, "ldp_epsilon_per_pixel") is None
@@ -319,38 +383,58 @@ def write_paper_table(rows: list[dict], methods: Sequence[str], workdir: str,
              else f"{_mean(c, 'ldp_epsilon_per_image'):,.0f}")
         line("labels protected by LDP", lambda c: "—" if _mean(c, "ldp_epsilon_per_image")
              is None else "no")
-    table = "\n".join(lines + ["", LDP_LABELS_NOTE] + seed_notes(rows, fixed_seeds)) + "\n"
+    table = "\n".join(lines + ["", LDP_LABELS_NOTE] + one_class_notes(rows)
+                      + seed_notes(rows, fixed_seeds)) + "\n"
     with open(os.path.join(workdir, "paper_table.md"), "w") as f:
         f.write(table)
     _plot(rows, methods, os.path.join(workdir, "privacy_utility.png"))
     return table
 
 
+PLOT_METRICS = (("test_accuracy", "test accuracy (%)", 100.0),
+                ("test_balanced_accuracy", "test balanced accuracy (%)", 100.0),
+                ("test_auroc", "test AUROC", 1.0))
+
+
 def _plot(rows, methods, path) -> None:
-    """Test accuracy against ε per example (DP-SGD ε; LDP ε per image), log scale."""
+    """Accuracy, balanced accuracy and AUROC against ε per example (DP-SGD ε; LDP ε per
+    image), log scale; one-class predictors drawn as crosses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows[:1]:
-        for m in methods:
-            c = row["methods"].get(m, {})
-            acc = c.get("mean")
-            if acc is None:
-                continue
-            eps = c.get("epsilon") if c.get("epsilon") is not None else _mean(
-                c, "ldp_epsilon_per_image")
-            if eps is None:
-                ax.axhline(100 * acc, linestyle="--", color="gray", label=f"{m} (no privacy)")
-            else:
-                marker = "o" if m.startswith("DP-SGD") else "s"
-                ax.scatter([eps], [100 * acc], marker=marker, label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("ε per example (DP-SGD; LDP: per image = d·Δ/β; labels unprotected)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (key, label, scale) in zip(axes, PLOT_METRICS):
+        for row in rows[:1]:
+            for i, m in enumerate(methods):
+                c = row["methods"].get(m, {})
+                value = c.get("mean") if key == "test_accuracy" and not c.get(key) \
+                    else _mean(c, key)
+                if value is None:
+                    continue
+                one_class = any(_values(c, "one_class_predictor"))
+                name = f"{m} (one class!)" if one_class else m
+                eps = c.get("epsilon") if c.get("epsilon") is not None else _mean(
+                    c, "ldp_epsilon_per_image")
+                if eps is None:
+                    ax.axhline(scale * value, linestyle="--", color="gray",
+                               label=f"{name} (no privacy)")
+                else:
+                    marker = "x" if one_class else ("o" if m.startswith("DP-SGD") else "s")
+                    ax.scatter([eps], [scale * value], marker=marker, label=name,
+                               color=f"C{i}")
+        if key == "test_balanced_accuracy":
+            ax.axhline(50.0, linestyle=":", color="red", linewidth=0.8,
+                       label="one class / chance (binary)")
+        elif key == "test_auroc":
+            ax.axhline(0.5, linestyle=":", color="red", linewidth=0.8, label="chance")
+        ax.set_xscale("log")
+        ax.set_xlabel("ε per example (DP-SGD; LDP: per image = d·Δ/β)")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=6)
+    axes[2].legend(fontsize=6)
+    fig.suptitle("labels are not protected by LDP; crosses: one-class predictors", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -111,6 +111,41 @@ def test_medical_seven_columns_table_and_plot(tmp_path):
     assert (tmp_path / "privacy_utility.png").stat().st_size > 1000
 
 
+def test_medical_table_shows_balanced_accuracy_auroc_and_one_class_predictors(tmp_path):
+    methods = sweep.medical_methods("configs/medical_pneumonia.py:cpu=True")
+    runs = sweep.plan_runs(methods, [], [], [0, 1], str(tmp_path))
+    for run in runs:
+        os.makedirs(run["workdir"])
+        dp = "dpsgd" in run["config"]
+        # The DP-SGD columns answer "pneumonia" for every test image, as in the issue.
+        summary = {"test_accuracy": 0.625 if dp else 0.85, "test_auroc": 0.58 if dp else 0.93,
+                   "test_balanced_accuracy": 0.5 if dp else 0.8 + 0.02 * run["replicate"],
+                   "one_class_predictor": dp, "epsilon": 2.0 if dp else None,
+                   "class_prior_epsilon": 0.1, "wall_time_s": 100.0, "steps": 10,
+                   "batch_size": 500}
+        with open(os.path.join(run["workdir"], "summary.json"), "w") as f:
+            json.dump(summary, f)
+    names = [m for m, _ in methods]
+    rows = sweep.gather(runs)
+    table = sweep.write_paper_table(rows, names, str(tmp_path))
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
+    assert "| 81.00 ± 1.41 |" in lines["test balanced accuracy (%)"]
+    assert lines["test balanced accuracy (%)"].count("50.00 ± 0.00") == 3
+    assert "0.930 ± 0.000" in lines["test AUROC"] and "0.580" in lines["test AUROC"]
+    one_class = lines["one-class predictor (≥ 98 % of test images one class)"]
+    assert one_class.count("yes (2/2)") == 3 and one_class.count("no") == 4
+    assert "of which: class prior ε (Laplace counts)" in lines
+    assert "Warning: one-class predictors" in table and "DP-SGD σ=1 (2/2 runs)" in table
+    assert (tmp_path / "privacy_utility.png").stat().st_size > 1000
+    results = sweep.write_tables(rows, names, str(tmp_path))
+    header = results.splitlines()[0]
+    for column in ("Original balanced acc. (%)", "DP-SGD σ=2 AUROC",
+                   "DP-SGD σ=4 one-class predictor", "Original wall time (s)",
+                   "Original examples/s"):
+        assert column in header
+    assert "| 50 ± 0 |" in results and "Warning: one-class predictors" in results
+
+
 def test_slurm_launcher_submits_each_run(tmp_path, monkeypatch):
     fake = tmp_path / "bin" / "sbatch"
     fake.parent.mkdir()
