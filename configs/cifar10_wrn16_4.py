@@ -15,69 +15,12 @@ noise multipliers were 10 / 6 / 4 / 3). Here σ is calibrated with PLD to
 reach exactly the chosen ε over those steps, so it is a little below theirs.
 Reference test accuracy: 56.8 / 65.9 / 73.5 / 79.5 %.
 
-`runlocal=True` shrinks everything for a smoke run on a CPU.
+`runlocal=True` shrinks the defaults for a smoke run on a CPU (a value given
+beside it, e.g. `runlocal=True,steps=3`, is kept).
 """
 
-from dpjax.config import base_config, parse_arg
-
-STEPS_FOR_EPSILON = {1.0: 875, 2.0: 1125, 4.0: 1593, 8.0: 2468}
-# Normalisation constants: the CIFAR-10 training set's per-channel mean and std, the
-# published constants every CIFAR-10 recipe uses. They are statistics of the training
-# set, public only because CIFAR-10 is public; for private data use constants from
-# public data (or 0.5 / 0.25), never statistics of the private set.
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-def cifar_config(arg, tfds_name: str, num_steps_table: dict):
-    """Shared by the CIFAR-10 and CIFAR-100 configs."""
-    args = parse_arg(arg, eps=1.0, data="tfds", path="", data_dir="", runlocal=False,
-                     augmult=16, steps=0)
-    c = base_config()
-    c.name = f"{tfds_name}_wrn16_4_eps{args.eps:g}"
-    if args.data == "tfds":
-        c.dataset.name = "tfds"
-        c.dataset.tfds_name = tfds_name
-        c.dataset.data_dir = args.data_dir
-    else:
-        c.dataset.name = args.data
-        c.dataset.path = args.path
-    c.dataset.mean = CIFAR_MEAN
-    c.dataset.std = CIFAR_STD
-    c.augment.crop_padding = 4
-    c.augment.flip = True
-    c.model.name = "wrn16_4"
-    c.privacy.target_epsilon = args.eps
-    c.privacy.delta = 1e-5
-    c.privacy.clip_norm = 1.0
-    c.batch_size = 4096
-    c.micro_batch_size = 64
-    c.augmult = args.augmult
-    if args.steps:
-        c.num_steps = args.steps
-    elif args.eps in num_steps_table:
-        c.num_steps = num_steps_table[args.eps]
-    else:
-        raise ValueError(f"eps={args.eps} has no step count in the recipe "
-                         f"({sorted(num_steps_table)}); give steps=N too.")
-    c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 2.0
-    c.ema_decay = 0.999
-    c.eval_every = 100
-    c.checkpoint_every = 25
-    c.eval_batch_size = 500
-    c.log_every = 5
-    if args.runlocal:
-        c.batch_size = 256
-        c.micro_batch_size = 32
-        c.augmult = 2
-        c.num_steps = 5
-        c.eval_every = 0
-        c.log_every = 1
-        c.checkpoint_every = 5
-        c.model.name = "small_cnn"
-    return c
+from configs import common
 
 
 def get_config(arg=None):
-    return cifar_config(arg, "cifar10", STEPS_FOR_EPSILON)
+    return common.wrn_recipe(arg, "cifar10", common.CIFAR10_MEAN, common.CIFAR10_STD)

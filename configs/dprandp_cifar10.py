@@ -20,73 +20,12 @@ with PLD for the chosen ε over all 875 steps (≈ 9.13 at ε = 1; the paper's
 PRV accountant gave 9.3). Paper: 72.3 % at ε = 1 (De et al. from scratch 56.8).
 
 Variants: `pretrain_steps=N` (shorter Phase I), `augmult=K`, `prior=DIR`
-(reuse a prior), `runlocal=True` (a smoke run on a CPU).
+(reuse a prior), `runlocal=True` (a smoke run on a CPU; values given beside it
+are kept).
 """
 
-import importlib.util
-import os
-
-from dpjax.config import base_config, parse_arg
-
-_spec = importlib.util.spec_from_file_location(
-    "cifar10_wrn16_4", os.path.join(os.path.dirname(__file__), "cifar10_wrn16_4.py"))
-_c10 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_c10)
-
-PRETRAIN_STEPS = 200 * 105_000 // 256
-
-
-def randp_config(arg, tfds_name: str, mean, std):
-    args = parse_arg(arg, eps=1.0, data="tfds", path="", data_dir="", runlocal=False,
-                     augmult=16, pretrain_steps=PRETRAIN_STEPS, prior="", steps=875,
-                     head_steps=96)
-    c = base_config()
-    c.name = f"dprandp_{tfds_name}_eps{args.eps:g}"
-    if args.data == "tfds":
-        c.dataset.name, c.dataset.tfds_name, c.dataset.data_dir = "tfds", tfds_name, args.data_dir
-    else:
-        c.dataset.name, c.dataset.path = args.data, args.path
-    c.dataset.mean, c.dataset.std = mean, std
-    c.augment.crop_padding = 4
-    c.augment.flip = True
-    c.model.name = "wrn16_4"
-    c.model.init_from = args.prior
-    c.pretrain.steps = args.pretrain_steps
-    c.pretrain.batch_size = 256
-    c.pretrain.families = ("stylegan_oriented",)
-    c.pretrain.resolution = 32
-    c.pretrain.channels = 3
-    c.privacy.target_epsilon = args.eps
-    c.privacy.delta = 1e-5
-    c.privacy.clip_norm = 1.0
-    c.batch_size = 4096
-    c.micro_batch_size = 64
-    c.augmult = args.augmult
-    c.num_steps = args.steps
-    c.phases.head_steps = args.head_steps
-    c.phases.head_learning_rate = 15.0
-    c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 0.4
-    c.ema_decay = 0.9999
-    c.ema_warmup = True
-    c.eval_every = 100
-    c.checkpoint_every = 25
-    c.eval_batch_size = 500
-    c.log_every = 5
-    if args.runlocal:
-        c.model.name = "small_cnn"
-        c.pretrain.steps = 20
-        c.pretrain.batch_size = 32
-        c.pretrain.hidden_dim = 256
-        c.batch_size = 256
-        c.micro_batch_size = 64
-        c.augmult = 2
-        c.num_steps = 6
-        c.phases.head_steps = 2
-        c.eval_every = 0
-        c.log_every = 1
-    return c
+from configs import common
 
 
 def get_config(arg=None):
-    return randp_config(arg, "cifar10", _c10.CIFAR_MEAN, _c10.CIFAR_STD)
+    return common.dprandp_recipe(arg, "cifar10", common.CIFAR10_MEAN, common.CIFAR10_STD)

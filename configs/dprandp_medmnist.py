@@ -13,6 +13,7 @@ small (1,080 to 90,000 images): the batch is a quarter of the set, capped at
 Normalisation constants are fixed (0.5, 0.5) — never computed from the data.
 """
 
+from configs import common
 from dpjax.config import base_config, parse_arg
 
 
@@ -48,14 +49,11 @@ def get_config(arg=None):
     c.ema_warmup = True
     c.eval_every = 100
     c.checkpoint_every = 50
-    if args.runlocal:
-        c.model.name = "small_cnn"
-        c.pretrain.steps = 20
-        c.pretrain.batch_size = 32
-        c.pretrain.hidden_dim = 256
-        c.batch_size = 64
-        c.num_steps = 6
-        c.phases.head_steps = 2
-        c.augmult = 2
-        c.eval_every = 0
+    if args.runlocal:  # a smoke run on a CPU; values given beside runlocal=True are kept
+        common.shrink(c, arg, {"model.name": (None, "small_cnn"),
+                               "pretrain.steps": ("pretrain_steps", 20),
+                               "pretrain.batch_size": (None, 32),
+                               "pretrain.hidden_dim": (None, 256), "batch_size": ("batch", 64),
+                               "num_steps": ("steps", 6), "phases.head_steps": ("steps", 2),
+                               "augmult": ("augmult", 2), "eval_every": (None, 0)})
     return c

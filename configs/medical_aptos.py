@@ -14,17 +14,11 @@ and quadratic weighted kappa among the metrics. APTOS has no patient ids:
 privacy here is per image only.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "medical_pneumonia", os.path.join(os.path.dirname(__file__), "medical_pneumonia.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from configs import common
 
 
 def get_config(arg=None):
-    c = _base.medical_config(arg, name="aptos", data_name="csv", ordinal=True)
+    c = common.medical_recipe(arg, name="aptos", data_name="csv", ordinal=True)
     # Fixed constants, not statistics of the (private) fundus images.
     c.dataset.mean = (0.5, 0.5, 0.5)
     c.dataset.std = (0.25, 0.25, 0.25)

@@ -42,8 +42,15 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a mistake is one line (a DpjaxError), not usage + error."""
+
+    def error(self, message: str):
+        raise DpjaxError(f"{self.prog}: {message} (see {self.prog} --help).")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dpjax", description="Differentially private image classification in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -59,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
     account = sub.add_parser("account", help="print σ and ε for a config without training")
     account.add_argument("--config", required=True)
+    account.add_argument("--num_examples", type=int, default=0,
+                         help="N, the training set's size (default: the published size of a "
+                         "known TFDS set, else the data's)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a finished or interrupted run")
     evaluate.add_argument("--workdir", required=True)
@@ -117,19 +127,26 @@ def _cmd_train(args, overrides) -> int:
         print(f"stopped at step {summary['step']} (ε so far {summary['epsilon']}); rerun the "
               "same command to resume.")
         return 0
-    eps = summary["epsilon"]
+    eps, acc = summary["epsilon"], summary["test_accuracy"]
     eps_text = "non-private" if eps is None else f"ε = {eps:.3f}, δ = {summary['delta']:g}"
-    print(f"test accuracy {summary['test_accuracy']:.4f} ({eps_text}); "
+    acc_text = "none (empty test split)" if acc is None else f"{acc:.4f}"
+    print(f"test accuracy {acc_text} ({eps_text}); "
           f"summary: {os.path.join(args.workdir, 'summary.json')}")
     return 0
 
 
 def _cmd_account(args, overrides) -> int:
     from dpjax import config as config_lib
+    from dpjax import validate
+    from dpjax.data import registry
     from dpjax.train import loop
 
     config = config_lib.load_config(args.config, overrides)
-    result = loop.account(config)
+    if args.num_examples:
+        num_examples = validate.positive_int("--num_examples", args.num_examples)
+    else:  # a known public set needs no data on this machine
+        num_examples = registry.published_train_size(config.dataset, config.privacy.unit)
+    result = loop.account(config, num_examples=num_examples)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -145,10 +162,15 @@ def _cmd_evaluate(args, overrides) -> int:
 def _cmd_pretrain(args, overrides) -> int:
     from dpjax import config as config_lib
     from dpjax.randp import pretrain
+    from dpjax.train import workdir as workdir_lib
 
     config = config_lib.load_config(args.config, overrides)
     config_lib.validate(config)
-    path = pretrain.pretrain(config, args.workdir, seed=max(config.seed, 0))
+    work = workdir_lib.Workdir(args.workdir).open()  # a directory we may write, locked
+    try:
+        path = pretrain.pretrain(config, work.path, seed=max(config.seed, 0))
+    finally:
+        work.close()
     print(f"prior written to {path} (no private data used; ε = 0)")
     return 0
 
@@ -158,7 +180,8 @@ def _cmd_audit(args, overrides) -> int:
     from dpjax.train import audit
 
     config = config_lib.load_config(args.config, overrides)
-    canaries = args.canaries or (4000 if args.kind == "iterates" else 1000)
+    canaries = args.canaries if args.canaries != 0 else (4000 if args.kind == "iterates"
+                                                         else 1000)
     report = audit.run_audit(config, args.workdir, num_canaries=canaries, kind=args.kind,
                              control=args.control, seed=args.seed)
     print(json.dumps(report, indent=2))
@@ -167,13 +190,16 @@ def _cmd_audit(args, overrides) -> int:
 
 def _cmd_ldp_grid(args, overrides) -> int:
     from dpjax import config as config_lib
+    from dpjax import validate
     from dpjax.data import sources
     from dpjax.privacy import ldp, randomness
 
     randomness.check_seed("--seed", args.seed)
+    scales = validate.comma_floats("--scales", args.scales, positive=True,
+                                   fix="give Laplace scales β on [0, 1], e.g. --scales 1,2,4")
+    validate.positive_int("--num_images", args.num_images)
     config = config_lib.load_config(args.config, overrides)
     data = sources.load(config.dataset)
-    scales = [float(s) for s in args.scales.split(",")]
     images = data.train.images[: args.num_images]
     if data.info.get(ldp.GREY_TO_RGB_KEY) == "all":
         images = images[..., :1]  # grey repeated into RGB: perturb the grey value once
@@ -200,8 +226,13 @@ def _cmd_generate(args, overrides) -> int:
     import jax
 
     from dpjax import config as config_lib
+    from dpjax import validate
     from dpjax.data import random_processes
 
+    validate.positive_int("--per_family", args.per_family)
+    validate.non_negative_int("--resolution", args.resolution,
+                              fix="give the side in pixels, or 0 for pretrain.resolution")
+    validate.non_negative_int("--seed", args.seed)
     config = config_lib.load_config(args.config, overrides)
     families = random_processes.FAMILIES
     resolution = args.resolution or config.pretrain.resolution
@@ -228,9 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(rest)
         return _HANDLERS[args.command](args, overrides)
     except DpjaxError as e:
-        print(f"dpjax: error: {e}", file=sys.stderr)
+        print(f"dpjax: error: {' '.join(str(e).split())}", file=sys.stderr)
         # 128 + SIGTERM for a preempted run, so cluster schedulers requeue it.
         return 143 if type(e).__name__ == "Preempted" else 2
+    except OSError as e:
+        if e.filename is None:  # not about a path the user gave: a bug, with its traceback
+            raise
+        print(f"dpjax: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dpjax: interrupted", file=sys.stderr)
         return 130

@@ -18,11 +18,13 @@ import ast
 import importlib.util
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
+from dpjax import validate as validate_lib
 from dpjax.errors import ConfigError
 
 
@@ -226,37 +228,100 @@ def _cast(text: str, like: Any, name: str) -> Any:
                 return text
         return text
     except (ValueError, SyntaxError):
-        raise ConfigError(f"{name}={text!r} is not a valid {type(like).__name__}.") from None
+        kind = "tuple" if isinstance(like, (tuple, list)) else type(like).__name__
+        validate_lib.fail(name, text, f"to be a {kind} (like {like!r})")
+
+
+def given_keys(arg: str | None) -> set[str]:
+    """The keys `arg` sets explicitly ("cpu=True,batch=64" -> {"cpu", "batch"}).
+
+    A variant switch such as `cpu=True` changes defaults only: a config keeps
+    every value given explicitly beside it (see `configs/common.py`).
+    """
+    return {item.split("=", 1)[0].strip() for item in (arg or "").split(",") if "=" in item}
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Loads `path.py[:arg]` and applies `a.b=value` overrides.
 
+    A config inside a package (`configs/` has an `__init__.py`) is imported
+    under its package's name with the package's parent on `sys.path`, so it
+    can import the others (`from configs import common`); any other file is
+    run with its own directory on `sys.path` (it may import its neighbours).
+
     Raises:
-      ConfigError: missing file, no get_config, unknown field, wrong type.
+      ConfigError (one line naming the file): not a `.py` file, missing, fails
+        to run (any exception), has no get_config, returns something other
+        than a ConfigDict built on `base_config()`; an unknown field or a
+        wrong type in `overrides`.
     """
     path, _, arg = spec.partition(":")
+    if not path.endswith(".py"):
+        raise ConfigError(f"Config file {path!r} is not a Python file: give configs/NAME.py "
+                          "(a file defining get_config(arg)).")
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {path!r} does not exist (expected configs/NAME.py).")
-    module_spec = importlib.util.spec_from_file_location("dpjax_user_config", path)
-    module = importlib.util.module_from_spec(module_spec)
     try:
-        module_spec.loader.exec_module(module)
-    except ConfigError:
-        raise
-    except Exception as e:  # a broken config file is the user's to fix
-        raise ConfigError(f"Config file {path} failed to load: {type(e).__name__}: {e}") from e
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"Config file {path} has no get_config(arg) function.")
-    try:
-        config = module.get_config(arg or None)
-    except ConfigError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"Config file {path}: {e}") from e
+        config = _run_config_file(os.path.abspath(path), arg or None)
+    except ConfigError as e:
+        if path in str(e) or os.path.basename(path) in str(e):
+            raise
+        raise ConfigError(f"Config file {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 — any fault of a config file is the user's to fix
+        raise ConfigError(f"Config file {path} failed: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"Config file {path}: get_config returned {type(config).__name__}, "
+                          "not an ml_collections.ConfigDict: build it on "
+                          "dpjax.config.base_config() and return it.")
+    missing = sorted(set(base_config().keys()) - set(config.keys()))
+    if missing:
+        raise ConfigError(f"Config file {path}: the config lacks {', '.join(missing[:5])}: "
+                          "build it on dpjax.config.base_config().")
     for item in overrides:
         apply_override(config, item)
     return config
+
+
+def _run_config_file(path: str, arg: str | None) -> Any:
+    """`get_config(arg)` of the file at `path` (absolute), imported as described above."""
+    directory = os.path.dirname(path)
+    parts = [os.path.splitext(os.path.basename(path))[0]]
+    root = directory
+    while os.path.isfile(os.path.join(root, "__init__.py")):
+        parts.insert(0, os.path.basename(root))
+        root = os.path.dirname(root)
+    if len(parts) > 1:  # inside a package: configs.quickstart, with configs' parent on the path
+        name = ".".join(parts)
+        _forget_other_package(parts[0], os.path.join(root, parts[0]))
+    else:
+        name = f"dpjax_user_config_{parts[0]}"
+        root = directory
+    added = root not in sys.path
+    if added:
+        sys.path.insert(0, root)
+    try:
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        if len(parts) > 1:
+            importlib.import_module(parts[0])  # the package itself, for relative imports
+        module_spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ConfigError(f"Config file {path} has no get_config(arg) function.")
+        return module.get_config(arg)
+    finally:
+        if added and root in sys.path:
+            sys.path.remove(root)
+
+
+def _forget_other_package(package: str, location: str) -> None:
+    """Drops an already imported `package` that lives elsewhere (another checkout's
+    configs/), so that this config's imports find its own neighbours."""
+    loaded = sys.modules.get(package)
+    paths = [os.path.abspath(p) for p in getattr(loaded, "__path__", [])]
+    if loaded is not None and os.path.abspath(location) not in paths:
+        for key in [k for k in sys.modules if k == package or k.startswith(package + ".")]:
+            del sys.modules[key]
 
 
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
@@ -299,16 +364,28 @@ _CHOICES = {
     "privacy.fast_method": ("auto", "measured", "direct", "ghost"),
     "privacy.unit": ("example", "patient"),
     "pretrain.loss": ("align_uniform", "infonce"),
+    "pretrain.channels": (1, 3),
     "optimizer.name": ("sgd", "momentum", "adam"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
     "imbalance.method": ("none", "logit_adjustment"),
     "imbalance.prior": ("dp", "public", "empirical"),
 }
-_POSITIVE_INTS = ("batch_size", "augmult", "num_steps",
-                  "eval_batch_size", "log_every", "checkpoint_every")
+_POSITIVE_INTS = ("batch_size", "augmult", "num_steps", "eval_batch_size", "log_every",
+                  "checkpoint_every", "metrics.bootstrap_resamples", "pretrain.batch_size",
+                  "pretrain.group_size", "pretrain.resolution", "pretrain.hidden_dim",
+                  "pretrain.projection_dim", "pretrain.checkpoint_every", "pretrain.log_every")
 _NON_NEGATIVE_INTS = ("micro_batch_size", "eval_every", "dataset.image_size",
-                      "augment.crop_padding", "optimizer.warmup_steps", "phases.head_steps",
-                      "pretrain.steps")
+                      "dataset.split_seed", "dataset.num_workers", "augment.crop_padding",
+                      "optimizer.warmup_steps", "phases.head_steps", "pretrain.steps")
+_POSITIVE_FLOATS = ("optimizer.learning_rate", "pretrain.learning_rate",
+                    "pretrain.temperature")
+_NON_NEGATIVE_FLOATS = ("num_epochs", "optimizer.weight_decay", "pretrain.weight_decay",
+                        "phases.head_noise_multiplier", "ldp.scale")
+_BOOLS = ("augment.flip", "dataset.streaming", "metrics.clinical", "metrics.ordinal",
+          "metrics.test_train_overlap", "ema_warmup", "train_metrics", "progress_bar")
+_STRINGS = ("name", "dataset.tfds_name", "dataset.data_dir", "dataset.path",
+            "dataset.cache_dir", "dataset.train_split", "dataset.test_split",
+            "model.name", "model.init_from")
 
 
 def _get(config, dotted: str):
@@ -321,81 +398,60 @@ def _get(config, dotted: str):
 def validate(config: ml_collections.ConfigDict, choices: dict | None = None) -> None:
     """Checks every field's type and range; raises ConfigError on the first fault.
 
-    Checks that need the data (batch ≤ N, δ < 1/N) are in `validate_for_data`.
+    Everything a run reads from the config is checked here, before anything
+    is loaded, compiled or written, so that no mistake surfaces after
+    training (a bootstrap count of 0, `pretrain.log_every=0`, a NaN σ). The
+    rules themselves are `dpjax.validate`'s. What depends on the data
+    (batch ≤ N, δ < 1/N, channels) is `validate_for_data`; the rules between
+    σ, the target ε and the steps are the DP plan's (`dpjax.privacy.plan`).
     """
-    from dpjax.data import registry, sources  # noqa: F401  (sources registers the built-ins)
+    from dpjax.data import random_processes, registry, sources  # noqa: F401 (registers sources)
 
     registry.check_name(config.dataset.name)
-    allowed = dict(_CHOICES, **(choices or {}))
-    for key, options in allowed.items():
-        value = _get(config, key)
-        if value not in options:
-            raise ConfigError(f"Expected {key} in {options}, got {value!r}.")
+    for key, options in dict(_CHOICES, **(choices or {})).items():
+        validate_lib.one_of(key, _get(config, key), options)
+    for key in _STRINGS:
+        if not isinstance(_get(config, key), str):
+            validate_lib.fail(key, _get(config, key), "to be a string")
+    for key in _BOOLS:
+        validate_lib.boolean(key, _get(config, key))
     for key in _POSITIVE_INTS:
-        value = _get(config, key)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            raise ConfigError(f"Expected {key}={value!r} to be a positive integer.")
+        validate_lib.positive_int(key, _get(config, key))
     for key in _NON_NEGATIVE_INTS:
-        value = _get(config, key)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            raise ConfigError(f"Expected {key}={value!r} to be an integer >= 0.")
-    p = config.privacy
-    _positive_float("optimizer.learning_rate", config.optimizer.learning_rate)
-    if config.phases.head_steps:
-        if not config.num_epochs and config.phases.head_steps >= config.num_steps:
-            raise ConfigError(f"phases.head_steps={config.phases.head_steps} must be below "
-                              f"num_steps={config.num_steps} (the phases share the steps).")
-        _positive_float("phases.head_learning_rate", config.phases.head_learning_rate)
-        if config.phases.head_noise_multiplier < 0:
-            raise ConfigError("Expected phases.head_noise_multiplier >= 0.")
-    if not 0 <= config.ema_decay < 1:
-        raise ConfigError(f"Expected ema_decay={config.ema_decay!r} in [0, 1).")
-    if not 0 < config.dataset.test_fraction < 1:
-        raise ConfigError(
-            f"Expected dataset.test_fraction={config.dataset.test_fraction!r} in (0, 1).")
-    if len(config.dataset.mean) != len(config.dataset.std) or any(
-            s <= 0 for s in config.dataset.std):
-        raise ConfigError("dataset.mean and dataset.std must have the same length and std > 0.")
-    if config.ldp.scale < 0:
-        raise ConfigError(f"Expected ldp.scale={config.ldp.scale} >= 0 (0 = no local DP).")
-    ldp_seed = config.ldp.seed
-    if not (isinstance(ldp_seed, int) and not isinstance(ldp_seed, bool)
-            and -1 <= ldp_seed < 2 ** 63):
-        raise ConfigError(f"Expected ldp.seed={ldp_seed!r} to be -1 (OS entropy, the default) "
-                          "or a fixed integer in [0, 2**63) (debugging only: anyone who knows "
-                          "it can subtract the noise).")
+        validate_lib.non_negative_int(key, _get(config, key))
+    for key in _POSITIVE_FLOATS:
+        validate_lib.positive_finite(key, _get(config, key))
+    for key in _NON_NEGATIVE_FLOATS:
+        validate_lib.non_negative_finite(key, _get(config, key))
+    validate_lib.seed("seed", config.seed)
+    validate_lib.seed("ldp.seed", config.ldp.seed)
+    _validate_dataset(config.dataset)
+    _validate_optimisation(config)
+    _validate_pretrain(config.pretrain, random_processes.FAMILIES)
     _validate_imbalance(config)
-    if config.dataset.name in ("npz", "folder", "csv", "kermany") and not config.dataset.path:
-        raise ConfigError(f"dataset.path is empty: set it to the {config.dataset.name} data "
-                          "(--config.dataset.path=...).")
-    if config.dataset.name == "tfds" and not config.dataset.tfds_name:
-        raise ConfigError("dataset.tfds_name is empty: set it, e.g. --config.dataset.tfds_name="
-                          "cifar10.")
+    p = config.privacy
     if p.mode == "dpsgd":
-        _positive_float("privacy.clip_norm", p.clip_norm)
-        if not (isinstance(p.delta, float) and 0 < p.delta < 1):
-            raise ConfigError(f"Expected privacy.delta={p.delta!r} in (0, 1).")
-        if p.noise_multiplier < 0:
-            raise ConfigError(f"Expected privacy.noise_multiplier={p.noise_multiplier} >= 0.")
-        if p.noise_multiplier == 0:
-            _positive_float("privacy.target_epsilon", p.target_epsilon,
-                            hint=" (or set privacy.noise_multiplier > 0)")
+        validate_lib.positive_finite("privacy.clip_norm", p.clip_norm)
+        validate_lib.probability("privacy.delta", p.delta,
+                                 fix="lower privacy.delta (it must be below 1/N)")
+        validate_lib.non_negative_finite("privacy.target_epsilon", p.target_epsilon,
+                                         fix="0 means: train at privacy.noise_multiplier")
+        validate_lib.non_negative_finite("privacy.noise_multiplier", p.noise_multiplier,
+                                         fix="0 means: calibrate σ to privacy.target_epsilon")
 
 
 def validate_for_data(config: ml_collections.ConfigDict, num_train: int,
                       image_shape: Sequence[int] | None = None) -> None:
     """Checks that depend on the training set: its size N and (if given) image shape."""
-    if config.num_epochs < 0:
-        raise ConfigError(f"Expected num_epochs={config.num_epochs} >= 0.")
-    if config.batch_size > num_train:
-        raise ConfigError(f"batch_size={config.batch_size} is larger than the training set "
-                          f"({num_train} examples): lower batch_size.")
+    validate_lib.integer("batch_size", config.batch_size, 1, num_train,
+                         fix=f"the training set has {num_train} examples: lower batch_size")
     p = config.privacy
-    if p.mode == "dpsgd" and p.delta >= 1.0 / num_train:
-        raise ConfigError(
-            f"privacy.delta={p.delta:g} is not below 1/N = {1.0 / num_train:.3g} for N = "
-            f"{num_train} training examples: a δ that large allows releasing whole examples; "
-            "lower privacy.delta.")
+    if p.mode == "dpsgd":
+        validate_lib.in_range("privacy.delta", p.delta, 0.0, 1.0 / num_train,
+                              low_open=True, high_open=True,
+                              fix=f"δ must be below 1/N for N = {num_train} training examples "
+                              "(a larger δ allows releasing whole examples): lower "
+                              "privacy.delta")
     if image_shape is not None:
         channels = image_shape[-1]
         if len(config.dataset.mean) not in (1, channels):
@@ -403,19 +459,67 @@ def validate_for_data(config: ml_collections.ConfigDict, num_train: int,
                               f"images have {channels} channels: give 1 or {channels} values.")
 
 
+def _validate_dataset(d: ml_collections.ConfigDict) -> None:
+    validate_lib.probability("dataset.test_fraction", d.test_fraction)
+    mean = validate_lib.numbers_tuple("dataset.mean", d.mean,
+                                      fix="give public per-channel constants, e.g. (0.5,)")
+    std = validate_lib.numbers_tuple("dataset.std", d.std, positive=True,
+                                     fix="give public per-channel constants, e.g. (0.25,)")
+    if len(mean) != len(std):
+        raise ConfigError(f"dataset.mean has {len(mean)} values and dataset.std {len(std)}: "
+                          "give both one value per channel (or one value for all).")
+    if d.name in ("npz", "folder", "csv", "kermany") and not d.path:
+        raise ConfigError(f"dataset.path is empty: set it to the {d.name} data "
+                          "(--config.dataset.path=...).")
+    if d.name == "tfds" and not d.tfds_name:
+        raise ConfigError("dataset.tfds_name is empty: set it, e.g. --config.dataset.tfds_name="
+                          "cifar10.")
+    for key in ("train_split", "test_split"):
+        if not d[key]:
+            validate_lib.fail(f"dataset.{key}", d[key], "to name a split", "e.g. train, test")
+
+
+def _validate_optimisation(config: ml_collections.ConfigDict) -> None:
+    validate_lib.in_range("optimizer.momentum", config.optimizer.momentum, 0.0, 1.0,
+                          high_open=True)
+    validate_lib.in_range("ema_decay", config.ema_decay, 0.0, 1.0, high_open=True,
+                          fix="0 switches EMA off; 0.999 is typical")
+    head = config.phases.head_steps
+    if head:
+        if not config.num_epochs:
+            validate_lib.integer("phases.head_steps", head, 0, config.num_steps,
+                                 high_open=True, fix="the phases share num_steps: lower "
+                                 "phases.head_steps or raise num_steps")
+        validate_lib.positive_finite("phases.head_learning_rate",
+                                     config.phases.head_learning_rate)
+
+
+def _validate_pretrain(t: ml_collections.ConfigDict, families: Sequence[str]) -> None:
+    if isinstance(t.families, str) or not isinstance(t.families, Sequence) or not t.families:
+        validate_lib.fail("pretrain.families", t.families, "to be a non-empty tuple of "
+                          f"families from {', '.join(families)}")
+    for family in t.families:
+        validate_lib.one_of("pretrain.families", family, families)
+    validate_lib.in_range("pretrain.momentum", t.momentum, 0.0, 1.0, high_open=True)
+    if isinstance(t.decay_at, str) or not isinstance(t.decay_at, Sequence):
+        validate_lib.fail("pretrain.decay_at", t.decay_at,
+                          "to be a tuple of fractions of pretrain.steps in (0, 1)")
+    for fraction in t.decay_at:
+        validate_lib.probability("pretrain.decay_at", fraction)
+
+
 def _validate_imbalance(config: ml_collections.ConfigDict) -> None:
     """The `imbalance` block (the prior's size against the classes is checked with the data)."""
     m = config.imbalance
     if m.method == "none":
         return
-    _positive_float("imbalance.prior_epsilon", m.prior_epsilon)
-    _positive_float("imbalance.prior_floor", m.prior_floor)
-    _positive_float("imbalance.tau", m.tau)
+    validate_lib.positive_finite("imbalance.prior_epsilon", m.prior_epsilon)
+    validate_lib.positive_finite("imbalance.prior_floor", m.prior_floor)
+    validate_lib.positive_finite("imbalance.tau", m.tau)
     if m.prior == "public":
         prior = tuple(m.public_prior)
-        if len(prior) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                     and math.isfinite(v) and v > 0 for v in prior) \
-                or abs(sum(prior) - 1.0) > 1e-3:
+        if len(prior) < 2 or not all(validate_lib.is_number(v) and math.isfinite(v) and v > 0
+                                     for v in prior) or abs(sum(prior) - 1.0) > 1e-3:
             raise ConfigError(f"imbalance.public_prior={prior!r} must list one probability > 0 "
                               "per class, summing to 1 (e.g. (0.26, 0.74)), from public "
                               "knowledge, never from the private labels.")
@@ -426,9 +530,3 @@ def _validate_imbalance(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("imbalance.prior=empirical uses the exact class counts of the private "
                           "labels, which DP-SGD's ε does not cover: use imbalance.prior=dp "
                           "(noisy counts, accounted) or public.")
-
-
-def _positive_float(name: str, value, hint: str = "") -> None:
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0):
-        raise ConfigError(f"Expected {name}={value!r} to be a finite number > 0{hint}.")

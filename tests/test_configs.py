@@ -11,7 +11,8 @@ from dpjax.errors import ConfigError
 from dpjax.train import loop
 from tests.helpers import REPO
 
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if os.path.basename(p) not in ("__init__.py", "common.py"))
 VARIANTS = {
     "cifar10_wrn16_4.py": ["eps=1", "eps=2", "eps=4", "eps=8", "runlocal=True"],
     "cifar100_wrn16_4.py": ["eps=8"],
@@ -45,11 +46,42 @@ def test_recipe_values():
     assert (c.batch_size, c.num_steps, c.augmult, c.optimizer.learning_rate, c.ema_decay) == (
         4096, 875, 16, 2.0, 0.999)
     plan = loop.plan_from_config(c, 50_000)
-    assert plan.noise_multiplier == pytest.approx(9.128, rel=5e-3)  # design.md, PLD
+    assert plan.noise_multiplier == pytest.approx(9.128, rel=5e-3)  # docs/methods.md, PLD
     r = config_lib.load_config(os.path.join(REPO, "configs", "dprandp_cifar10.py:eps=1"))
     assert (r.phases.head_steps, r.phases.head_learning_rate, r.optimizer.learning_rate) == (
         96, 15.0, 0.4)
     assert r.pretrain.steps == 200 * 105_000 // 256 and r.ema_warmup
+
+
+def test_variants_keep_explicit_values():
+    """`cpu=True` / `runlocal=True` change defaults only, never a value given beside them."""
+    med = os.path.join(REPO, "configs", "medical_pneumonia.py")
+    c = config_lib.load_config(f"{med}:cpu=True,batch=64,size=32,epochs=2,path=x")
+    assert (c.batch_size, c.dataset.image_size, c.num_epochs) == (64, 32, 2.0)
+    c = config_lib.load_config(f"{med}:cpu=True,path=x")
+    assert (c.batch_size, c.dataset.image_size, c.num_epochs) == (128, 28, 5.0)
+    c10 = os.path.join(REPO, "configs", "cifar10_wrn16_4.py")
+    c = config_lib.load_config(f"{c10}:runlocal=True,steps=3,augmult=4")
+    assert (c.num_steps, c.augmult, c.batch_size) == (3, 4, 256)
+    with pytest.raises(ConfigError, match="sigma=1 and eps=2 are both given"):
+        config_lib.load_config(f"{med}:mode=dpsgd,sigma=1,eps=2,path=x")
+
+
+def test_configs_import_each_other_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = config_lib.load_config(os.path.join(REPO, "configs", "dprandp_cifar100.py:eps=2"))
+    assert c.dataset.tfds_name == "cifar100" and c.dataset.mean[0] == 0.5071
+    # A user's config elsewhere may import its neighbours and dpjax's configs package.
+    (tmp_path / "shared_bits.py").write_text("LR = 0.5\n")
+    (tmp_path / "mine.py").write_text(
+        "import shared_bits\nfrom configs import common\n\n\n"
+        "def get_config(arg=None):\n"
+        "    c = common.wrn_recipe(arg, 'cifar10', common.CIFAR10_MEAN, common.CIFAR10_STD)\n"
+        "    c.optimizer.learning_rate = shared_bits.LR\n"
+        "    return c\n")
+    monkeypatch.syspath_prepend(REPO)
+    c = config_lib.load_config(str(tmp_path / "mine.py") + ":eps=8")
+    assert c.optimizer.learning_rate == 0.5 and c.num_steps == 2468
 
 
 def test_medical_cpu_variant_runs_on_a_medmnist_file(tmp_path):

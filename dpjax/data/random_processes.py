@@ -58,7 +58,7 @@ BASE_FAMILIES: tuple[str, ...] = FAMILIES[:-1]
 DEAD_LEAVES_SHAPES: tuple[str, ...] = (
     "circle", "square", "rotated_square", "rectangle", "triangle", "quadrilateral")
 
-# Colour statistics of the StyleGAN-Oriented output (design.md section 5):
+# Colour statistics of the StyleGAN-Oriented output (Baradad et al. 2021; docs/methods.md):
 # per-channel mean ~ N(_RGB_MEAN_MU, _RGB_MEAN_SD), std ~ N(_RGB_STD_MU, _RGB_STD_SD).
 _RGB_MEAN_MU = (0.483, 0.455, 0.401)
 _RGB_MEAN_SD = (0.145, 0.142, 0.161)

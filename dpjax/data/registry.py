@@ -75,3 +75,19 @@ def fields(dataset_config: Mapping[str, Any] | ml_collections.ConfigDict | None
         raise ConfigError(f"dataset.{unknown[0]} is not a dataset field (the fields are "
                           f"{', '.join(sorted(defaults))}).")
     return ml_collections.FrozenConfigDict({**defaults, **given})
+
+
+# The training split's size of public TFDS sets as published in the TFDS catalogue, so
+# that `dpjax account` needs no data for them (N is public: it is q's denominator).
+PUBLISHED_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167,
+                         "mnist": 60_000}
+
+
+def published_train_size(dataset_config: Mapping[str, Any] | ml_collections.ConfigDict,
+                         unit: str = "example") -> int | None:
+    """N of `dataset_config`'s training split when it is a known TFDS set's whole "train"
+    split counted in examples (`PUBLISHED_TRAIN_SIZES`); None otherwise (load the data)."""
+    d = fields(dataset_config)
+    if d.name != "tfds" or unit != "example" or d.train_split != "train":
+        return None
+    return PUBLISHED_TRAIN_SIZES.get(d.tfds_name.split(":")[0])

@@ -28,15 +28,37 @@ from collections.abc import Sequence
 import dp_accounting
 from dp_accounting import pld, rdp
 
+from dpjax import validate
 from dpjax.errors import ConfigError
 
 ACCOUNTANTS = ("pld", "rdp")
-# Discretisation of the PLD accountant: 1e-4 matches the reference values in
-# design.md section 3 to three decimals and costs well under a second per call.
+# Discretisation of the PLD accountant: 1e-4 reproduces the reference values of
+# docs/methods.md (e.g. ε = 2.877 for σ = 1, q = 256/50000, 10,000 steps, δ = 1e-5)
+# to three decimals and costs well under a second per call for ε up to about 10.
 PLD_DISCRETIZATION = 1e-4
+# Above this ε (estimated by RDP first, in milliseconds) the PLD grid widens in
+# proportion, PLD_DISCRETIZATION · ε_RDP / PLD_FINE_UP_TO: the cost of a PLD call
+# grows with the range of the privacy loss, i.e. with ε, so a fixed grid takes
+# minutes and gigabytes at ε in the hundreds (σ ≈ 0.1); the scaled grid keeps it
+# near a second at a relative precision of about 1e-5. A coarser grid is still a
+# pessimistic estimate: ε never comes out below the true value.
+PLD_FINE_UP_TO = 10.0
+# PLD's cost also grows with the number of steps an example takes part in
+# (Σ q·steps: 200 for the CIFAR-10 recipe at ε = 8); past this many, where PLD
+# takes minutes (27 s at 1.8e6), ε comes from RDP (an upper bound) with a warning.
+PLD_MAX_PARTICIPATIONS = 1e5
 # Relative tolerance of the σ calibration: ε at the calibrated σ is within
 # this fraction below the target (calibration never overshoots ε).
 CALIBRATION_TOL = 1e-3
+# The calibration's range of σ. A target ε above MAX_TARGET_EPSILON is no
+# guarantee worth calibrating for (set the noise multiplier directly); below
+# MIN_NOISE_MULTIPLIER the calibration stops and returns the smallest σ tried
+# whose ε reaches the target.
+MAX_TARGET_EPSILON = 1000.0
+MAX_NOISE_MULTIPLIER = 4096.0
+MIN_NOISE_MULTIPLIER = 1e-3
+
+log = logging.getLogger("dpjax")
 
 # RDP warns loudly about non-converging series for σ ≤ 1 at large q; the
 # result is still an upper bound, so keep the log readable.
@@ -61,9 +83,9 @@ class Phase:
     name: str = "dpsgd"
 
     def __post_init__(self):
-        _check_positive_int("steps", self.steps, allow_zero=True)
-        _check_noise("noise_multiplier", self.noise_multiplier)
-        _check_rate("sampling_rate", self.sampling_rate)
+        validate.non_negative_int("steps", self.steps)
+        validate.non_negative_finite("noise_multiplier", self.noise_multiplier)
+        validate.probability("sampling_rate", self.sampling_rate, allow_one=True)
 
     def dp_event(self) -> dp_accounting.DpEvent:
         """The `DpEvent` describing this phase (Poisson-subsampled Gaussian)."""
@@ -80,12 +102,8 @@ def dp_event(phases: Sequence[Phase]) -> dp_accounting.DpEvent:
     return dp_accounting.ComposedDpEvent([p.dp_event() for p in phases if p.steps > 0])
 
 
-def _make_accountant(accountant: str):
-    if accountant == "pld":
-        return pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
-    if accountant == "rdp":
-        return rdp.RdpAccountant()
-    raise ConfigError(f"Expected privacy.accountant in {ACCOUNTANTS}, got {accountant!r}.")
+def _check_accountant(accountant: str) -> None:
+    validate.one_of("privacy.accountant", accountant, ACCOUNTANTS)
 
 
 def epsilon(phases: Sequence[Phase], delta: float, accountant: str = "pld",
@@ -95,7 +113,8 @@ def epsilon(phases: Sequence[Phase], delta: float, accountant: str = "pld",
     Add/remove-one neighbouring; everything is composed by the accountant.
     Returns 0.0 when nothing private ran and `inf` when σ = 0 for any step.
     """
-    _check_rate("delta", delta, allow_one=False)
+    validate.probability("delta", delta)
+    _check_accountant(accountant)
     phases = [p for p in phases if p.steps > 0]
     if not phases and not extra_events:
         return 0.0
@@ -105,13 +124,39 @@ def epsilon(phases: Sequence[Phase], delta: float, accountant: str = "pld",
     return _cached_epsilon(key, delta, accountant, tuple(extra_events))
 
 
+def _event(key, extra) -> dp_accounting.DpEvent:
+    return dp_accounting.ComposedDpEvent(list(extra) + [Phase(s, z, q).dp_event()
+                                                        for s, z, q in key])
+
+
+def pld_grid(rough_epsilon: float) -> float:
+    """The PLD discretisation interval for an ε of about `rough_epsilon` (see PLD_FINE_UP_TO)."""
+    return PLD_DISCRETIZATION * max(1.0, rough_epsilon / PLD_FINE_UP_TO)
+
+
 @functools.lru_cache(maxsize=4096)
 def _cached_epsilon(key, delta: float, accountant: str, extra=()) -> float:
-    acc = _make_accountant(accountant)
     try:
-        acc.compose(dp_accounting.ComposedDpEvent(
-            list(extra) + [Phase(s, z, q).dp_event() for s, z, q in key]))
-        return float(acc.get_epsilon(delta))
+        rdp_acc = rdp.RdpAccountant()
+        if rdp_acc.supports(_event(key, extra)):
+            rdp_acc.compose(_event(key, extra))
+            rough = float(rdp_acc.get_epsilon(delta))
+        elif accountant == "rdp":
+            raise ConfigError("privacy.accountant=rdp cannot account for this run's releases: "
+                              "set privacy.accountant=pld.")
+        else:
+            rough = PLD_FINE_UP_TO
+        if accountant == "rdp" or math.isinf(rough):
+            return rough
+        participations = sum(q * steps for steps, _, q in key)
+        if participations > PLD_MAX_PARTICIPATIONS:
+            log.warning("ε from RDP, not PLD: each example takes part in %.3g steps on "
+                        "average, past the %.0g at which PLD takes minutes; RDP's ε is an "
+                        "upper bound of PLD's.", participations, PLD_MAX_PARTICIPATIONS)
+            return rough
+        pld_acc = pld.PLDAccountant(value_discretization_interval=pld_grid(rough))
+        pld_acc.compose(_event(key, extra))
+        return float(pld_acc.get_epsilon(delta))
     except (ValueError, OverflowError, MemoryError):
         # Tiny σ: the privacy loss distribution is too wide to represent; the
         # guarantee is vacuous, so report it as such rather than crash.
@@ -133,69 +178,104 @@ def calibrate_noise_multiplier(
     probe) come first and σ is calibrated for the remaining `steps` so that
     the composition of all of them reaches the target.
 
+    RDP (milliseconds per call) brackets σ; with PLD, a few PLD calls then
+    narrow the bracket by interpolating log ε against log σ (Illinois
+    method), so a calibration takes seconds whatever the target.
+
     Raises:
-      ConfigError: if the target is not reachable (ε would exceed the target
-        even at σ = 512) or arguments are out of range.
+      ConfigError: the target is above MAX_TARGET_EPSILON or not reachable
+        (ε would exceed it even at σ = MAX_NOISE_MULTIPLIER), or an argument
+        is out of range.
     """
-    _check_positive("target_epsilon", target_epsilon)
-    _check_rate("delta", delta, allow_one=False)
-    _check_rate("sampling_rate", sampling_rate)
-    _check_positive_int("steps", steps)
+    validate.in_range("privacy.target_epsilon", target_epsilon, 0.0, MAX_TARGET_EPSILON,
+                      low_open=True, fix="an ε that large is no guarantee; set "
+                      "privacy.noise_multiplier instead to train with a given σ")
+    validate.probability("delta", delta)
+    validate.probability("sampling_rate", sampling_rate, allow_one=True)
+    validate.positive_int("steps", steps)
+    _check_accountant(accountant)
     fixed = tuple((p.steps, p.noise_multiplier, p.sampling_rate) for p in fixed_phases
                   if p.steps > 0)
-    return _cached_calibration(target_epsilon, delta, sampling_rate, steps, accountant, fixed,
-                               tuple(extra_events))
+    return _cached_calibration(float(target_epsilon), delta, sampling_rate, int(steps),
+                               accountant, fixed, tuple(extra_events))
 
 
 @functools.lru_cache(maxsize=256)
 def _cached_calibration(target_epsilon, delta, sampling_rate, steps, accountant,
                         fixed=(), extra=()) -> float:
-    def eps_at(sigma: float) -> float:
-        return _cached_epsilon(fixed + ((steps, sigma, sampling_rate),), delta, accountant,
-                               extra)
+    def eps_at(sigma: float, acc: str) -> float:
+        return _cached_epsilon(fixed + ((steps, sigma, sampling_rate),), delta, acc, extra)
 
-    # Bracket: eps(lo) > target >= eps(hi), then bisect on σ.
+    if eps_at(MAX_NOISE_MULTIPLIER, accountant) > target_epsilon:
+        raise ConfigError(
+            f"Expected privacy.target_epsilon={target_epsilon:g} to be reachable: ε exceeds it "
+            f"even at σ = {MAX_NOISE_MULTIPLIER:g} with {steps} steps at sampling_rate="
+            f"{sampling_rate:.4g} and delta={delta:g}: use fewer steps, a smaller batch_size "
+            "or a larger target_epsilon.")
+    # RDP's σ: a cheap bracket. PLD's ε is below RDP's, so its σ is at or below.
+    lo, hi = _bracket(lambda s: eps_at(s, "rdp"), target_epsilon)
+    hi = _illinois(lambda s: eps_at(s, "rdp"), target_epsilon, lo, hi)
+    if accountant == "rdp":
+        return hi
+    while eps_at(hi, accountant) > target_epsilon:  # PLD above RDP: rare, step up
+        hi = min(1.25 * hi, MAX_NOISE_MULTIPLIER)
+    lo, factor = hi, 0.9
+    while eps_at(lo, accountant) <= target_epsilon:  # PLD's σ is below RDP's: step down
+        if lo <= MIN_NOISE_MULTIPLIER:
+            return lo
+        hi, lo, factor = lo, max(lo * factor, MIN_NOISE_MULTIPLIER), factor * factor
+    return _illinois(lambda s: eps_at(s, accountant), target_epsilon, lo, hi)
+
+
+def _bracket(eps_at, target: float) -> tuple[float, float]:
+    """(lo, hi) with eps_at(lo) > target ≥ eps_at(hi), hi ≤ MAX_NOISE_MULTIPLIER; lo = hi
+    when even MIN_NOISE_MULTIPLIER reaches the target."""
     hi = 1.0
-    while eps_at(hi) > target_epsilon:
-        hi *= 2.0
-        if hi > 512:
-            raise ConfigError(
-                f"privacy.target_epsilon={target_epsilon} is not reachable with "
-                f"{steps} steps at sampling_rate={sampling_rate:.4g} and delta={delta:g}: "
-                "use fewer steps, a smaller batch_size or a larger target_epsilon."
-            )
+    while eps_at(hi) > target:
+        hi = min(2.0 * hi, MAX_NOISE_MULTIPLIER)
     lo = hi / 2.0
-    while eps_at(lo) <= target_epsilon:
-        hi, lo = lo, lo / 2.0
-        if lo < 1e-3:
-            return hi
-    while (hi - lo) / hi > CALIBRATION_TOL:
-        mid = 0.5 * (lo + hi)
-        if eps_at(mid) > target_epsilon:
-            lo = mid
+    while eps_at(lo) <= target:
+        if lo <= MIN_NOISE_MULTIPLIER:
+            return lo, lo
+        hi, lo = lo, max(lo / 2.0, MIN_NOISE_MULTIPLIER)
+    return lo, hi
+
+
+def _illinois(eps_at, target: float, lo: float, hi: float) -> float:
+    """The smallest σ in [lo, hi] (to CALIBRATION_TOL) with eps_at(σ) ≤ target.
+
+    Regula falsi on f(log σ) = log ε − log target with the Illinois
+    modification; falls back to bisection where ε is not finite. Keeps
+    eps_at(lo) > target ≥ eps_at(hi) throughout, and returns hi.
+    """
+    if lo >= hi:
+        return hi
+
+    def f(sigma: float) -> float:
+        e = eps_at(sigma)
+        return math.log(e / target) if 0 < e < math.inf else (math.inf if e > 0 else -math.inf)
+
+    f_lo, f_hi = f(lo), f(hi)
+    side = 0
+    for _ in range(100):  # converges in a handful; the cap only guards odd ε curves
+        if (hi - lo) / hi <= CALIBRATION_TOL:
+            break
+        x_lo, x_hi = math.log(lo), math.log(hi)
+        if math.isfinite(f_lo) and math.isfinite(f_hi) and f_lo != f_hi:
+            x = x_lo - f_lo * (x_hi - x_lo) / (f_hi - f_lo)
+            x = min(max(x, x_lo + 1e-3 * (x_hi - x_lo)), x_hi - 1e-3 * (x_hi - x_lo))
         else:
-            hi = mid
+            x = 0.5 * (x_lo + x_hi)
+        sigma = math.exp(x)
+        f_mid = f(sigma)
+        if f_mid > 0:
+            lo, f_lo = sigma, f_mid
+            if side == -1:
+                f_hi *= 0.5
+            side = -1
+        else:
+            hi, f_hi = sigma, f_mid
+            if side == 1:
+                f_lo *= 0.5
+            side = 1
     return hi
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ConfigError(f"Expected {name}={value!r} to be a finite number > 0.")
-
-
-def _check_noise(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ConfigError(f"Expected {name}={value!r} to be a finite number >= 0.")
-
-
-def _check_rate(name: str, value: float, allow_one: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and 0 < value and (value <= 1 if allow_one else value < 1)
-    if not ok:
-        interval = "(0, 1]" if allow_one else "(0, 1)"
-        raise ConfigError(f"Expected {name}={value!r} in {interval}.")
-
-
-def _check_positive_int(name: str, value: int, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-        raise ConfigError(f"Expected {name}={value!r} to be an integer >= {low}.")

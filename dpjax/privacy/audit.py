@@ -23,7 +23,7 @@ paper's Appendix D computes:
     β = f(v),   α = max_{1≤i≤v} (f(v − i) − β)/i = max_i (Σ_{j=1}^{i} P[Bin(r,p) = v − j]) / i,
     p-value(ε) = min(1, β + 2·m·δ·α).
 
-This is also the formula of design.md §7, unchanged. α is accumulated as a running
+This is the formula of docs/methods.md ("Auditing"), unchanged. α is accumulated as a running
 sum of binomial probabilities (as Appendix D does) rather than as a difference
 of two survival functions, so it does not cancel catastrophically when β is
 close to 1; β uses `scipy.stats.binom.sf`, accurate for large r.
@@ -39,7 +39,7 @@ true ε is at most 1 − confidence.
 The ceiling. Even perfect guesses cannot certify more than m and δ allow: all m
 canaries guessed (r = v = m, half "in" and half "out" via k₊ + k₋ = m) at
 δ = 1e-5 and 95% confidence give ε ≥ 3.49 / 5.78 / 7.28 for m = 100 / 1000 /
-5000 (design.md §7: "near 3.5 / 5.8 / 7.3"). Guessing fewer canaries lowers the
+5000 (Steinke et al. 2023 report "near 3.5 / 5.8 / 7.3"). Guessing fewer canaries lowers the
 ceiling (r = v = 100 out of m = 1000: 3.47), as does a Bonferroni correction
 over several guess counts (r = v = m = 1000 at level 0.05/8: 5.19).
 

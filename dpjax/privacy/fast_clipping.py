@@ -2,7 +2,7 @@
 
 `clipping.clipped_grad_sum` forms every example's gradient with
 `vmap(grad)`: B copies of the parameters, and for a convolution a grouped
-convolution per layer, 6–8× the cost of a batched step (design.md §8). The
+convolution per layer, 6–8× the cost of a batched step (docs/performance.md). The
 same clipped sum can be had from ONE forward and ONE backward pass:
 
 1. Tap every parameterised layer ℓ: keep its input a_ℓ and add a zero

@@ -63,6 +63,7 @@ import dp_accounting
 import jax
 import numpy as np
 
+from dpjax import validate
 from dpjax.errors import ConfigError, DataError
 from dpjax.privacy import randomness
 
@@ -88,20 +89,10 @@ LABELS_NOTE = ("Labels are not protected by local DP: the Laplace noise is added
                "response), so the labels have no epsilon.")
 
 
-def _check_positive_finite(name: str, value: float) -> None:
-    ok = (isinstance(value, (int, float, np.integer, np.floating))
-          and not isinstance(value, bool) and math.isfinite(value) and value > 0)
-    if not ok:
-        raise ConfigError(f"Expected {name}={value!r} > 0 (a finite number).")
-
-
 def _check_seed(seed: int) -> None:
     """A resolved seed: an integer in [0, 2**63) (not -1: resolve that first)."""
-    ok = (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-          and 0 <= int(seed) < 2 ** randomness.SEED_BITS)
-    if not ok:
-        raise ConfigError(f"Expected ldp.seed={seed!r} to be a resolved seed in [0, 2**63) "
-                          "(-1, OS entropy, is resolved by randomness.shared_seed first).")
+    validate.integer("ldp.seed", seed, 0, 2 ** randomness.SEED_BITS, high_open=True,
+                     fix="resolve -1 (OS entropy) with randomness.shared_seed first")
 
 
 def _check_images(images: np.ndarray) -> None:
@@ -117,7 +108,7 @@ def laplace_noise(rng: np.random.Generator, shape: Sequence[int] | int,
     Every entry is its own draw (standard deviation √2·scale); this is the
     per-value noise that the original code replaced with one draw per image.
     """
-    _check_positive_finite("ldp.scale", scale)
+    validate.positive_finite("ldp.scale", scale)
     return rng.laplace(0.0, float(scale), size=shape)
 
 
@@ -144,8 +135,8 @@ class LaplaceMechanism:
     sensitivity: float = 1.0
 
     def __post_init__(self):
-        _check_positive_finite("ldp.scale", self.scale)
-        _check_positive_finite("ldp.sensitivity", self.sensitivity)
+        validate.positive_finite("ldp.scale", self.scale)
+        validate.positive_finite("ldp.sensitivity", self.sensitivity)
 
     def epsilon_per_value(self) -> float:
         """ε of one perturbed stored value (one channel of one pixel): Δ/β."""
@@ -161,10 +152,7 @@ class LaplaceMechanism:
         Basic composition of d pure-DP releases; d = H·W·C of the images as
         perturbed (any later resize or channel replication is post-processing).
         """
-        if not (isinstance(num_values, (int, np.integer)) and not isinstance(num_values, bool)
-                and num_values >= 1):
-            raise ConfigError(f"Expected num_values={num_values!r} to be an integer >= 1.")
-        return int(num_values) * self.epsilon_per_value()
+        return validate.positive_int("num_values", num_values) * self.epsilon_per_value()
 
     def dp_event(self) -> dp_accounting.DpEvent:
         """The `DpEvent` of one perturbed value (compose it d times for an image)."""

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from dpjax.errors import ConfigError
+from dpjax import validate
 from dpjax.privacy.accounting import Phase
 
 # Domain separators for `np.random.default_rng([seed, step, STREAM])`, so that
@@ -90,15 +90,11 @@ class PoissonSampler:
     is_poisson = True
 
     def __post_init__(self):
-        for name in ("num_examples", "expected_batch_size", "micro_batch_size"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, np.integer)) and value > 0):
-                raise ConfigError(f"Expected {name}={value!r} to be a positive integer.")
-        if self.expected_batch_size > self.num_examples:
-            raise ConfigError(
-                f"batch_size={self.expected_batch_size} is larger than the training set "
-                f"({self.num_examples} examples): lower batch_size."
-            )
+        validate.positive_int("num_examples", self.num_examples)
+        validate.positive_int("micro_batch_size", self.micro_batch_size)
+        validate.integer("batch_size", self.expected_batch_size, 1, self.num_examples,
+                         fix=f"the training set has {self.num_examples} examples: lower "
+                         "batch_size")
 
     @property
     def sampling_rate(self) -> float:

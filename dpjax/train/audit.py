@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from dpjax import config as config_lib
-from dpjax import models
+from dpjax import models, validate
 from dpjax.data import sources
 from dpjax.errors import ConfigError, DpjaxError
 from dpjax.privacy import audit as audit_stats
@@ -72,12 +72,13 @@ def parse_control(text: str | None) -> Control:
     if text == "sampling_x2":
         return Control(text, sampling_multiplier=2)
     if text.startswith("noise_scale="):
+        scale = text.split("=", 1)[1]
         try:
-            scale = float(text.split("=", 1)[1])
+            scale = float(scale)
         except ValueError:
-            scale = -1.0
-        if not 0 <= scale < float("inf"):
-            raise ConfigError(f"--control {text}: expected noise_scale=X with X >= 0.")
+            pass  # refused below, as given
+        validate.non_negative_finite("--control noise_scale", scale,
+                                     fix="give --control noise_scale=X with X >= 0")
         return Control(text, noise_scale=scale)
     raise ConfigError(f"--control {text!r}: expected noise_off, clip_off, sampling_x2 or "
                       "noise_scale=X.")
@@ -156,8 +157,8 @@ def run_audit(config: ml_collections.ConfigDict, workdir: str, *, num_canaries: 
                           "privacy.mode=dpsgd.")
     if config.privacy.unit != "example" or config.ldp.scale:
         raise ConfigError("dpjax audit needs privacy.unit=example and ldp.scale=0.")
-    if num_canaries < 2:
-        raise ConfigError(f"Expected --canaries={num_canaries} >= 2.")
+    validate.integer("--canaries", num_canaries, 2,
+                     fix="the audit needs canaries both in and out; 0 picks the default")
     if workdir_lib.Workdir(workdir).has_run():
         raise DpjaxError(f"{workdir} already holds a run: an audit trains every step with its "
                          "canaries, so give it a fresh --workdir.")

@@ -99,6 +99,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unreadable: set[int] = set()  # steps `restore_named` skipped as corrupt
 
     def latest_step(self) -> int | None:
         self._manager.reload()
@@ -118,6 +119,9 @@ class Checkpointer:
         """
         try:
             self._manager.wait_until_finished()
+            if step in self._unreadable:  # the corrupt checkpoint this run fell back from
+                self._manager.delete(step)
+                self._unreadable.discard(step)
             self._manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(to_named(state)), meta=ocp.args.JsonSave(meta)),
                 force=True)
@@ -154,6 +158,7 @@ class Checkpointer:
                 restored = self._manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
                 if failures:
+                    self._unreadable.update(f for f, _ in failures)
                     log.warning("Checkpoint %s could not be read (%s); resumed from step %d.",
                                 ", ".join(str(f) for f, _ in failures), failures[0][1], s)
                 return restored["state"], restored["meta"], s

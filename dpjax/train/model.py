@@ -18,6 +18,7 @@ import numpy as np
 
 from dpjax import models
 from dpjax.data import sources
+from dpjax.errors import ConfigError
 from dpjax.train import imbalance
 from dpjax.train import step as step_lib
 
@@ -50,16 +51,39 @@ def input_spec(config: ml_collections.ConfigDict, unit_size: int = 0,
                               logit_offsets=tuple(float(v) for v in logit_offsets))
 
 
+def _raise_if_too_small(config: ml_collections.ConfigDict, shape: tuple, init,
+                        error: Exception) -> None:
+    """ConfigError naming dataset.image_size and model.name when the model initialises on
+    larger images (up to 64 px) but not on these; nothing when it fails at every size."""
+    for side in (2, 4, 8, 16, 32, 64):
+        if side <= min(shape[:2]):
+            continue
+        try:
+            init((side, side))
+        except Exception:  # noqa: BLE001 — try the next size
+            continue
+        raise ConfigError(
+            f"Expected images of at least {side}x{side} for model.name={config.model.name!r}, "
+            f"got {shape[0]}x{shape[1]} (it fails with {type(error).__name__}): set "
+            f"dataset.image_size={side} or choose a model for small images.") from None
+
+
 def build(config: ml_collections.ConfigDict, data: sources.DataSplits, unit_size: int = 0,
           module: nn.Module | None = None) -> BuiltModel:
     """The configured zoo model (or `module`) for `data`, initialised."""
     if module is None:
         module = models.get_model(config.model.name, data.num_classes,
                                   dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
-    sample = np.zeros((1,) + tuple(data.train.image_shape), np.float32)
+    shape = tuple(data.train.image_shape)
     # The "rbg" generator compiles the initialisers several times faster than the
     # default on CPU; initial values are public (no privacy role).
-    variables = module.init(jax.random.key(0, impl="rbg"), sample)
+    init = lambda hw: module.init(jax.random.key(0, impl="rbg"),
+                                  np.zeros((1,) + hw + shape[2:], np.float32))
+    try:
+        variables = init(shape[:2])
+    except Exception as e:  # noqa: BLE001 — images too small for the model: say so
+        _raise_if_too_small(config, shape, init, e)
+        raise
     extra = {k: v for k, v in variables.items() if k != "params"}
     # Logit adjustment's offsets, put in data.info by `imbalance.attach_prior` (or none).
     spec = input_spec(config, unit_size, imbalance.logit_offsets(data))

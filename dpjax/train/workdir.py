@@ -28,6 +28,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
@@ -46,6 +47,7 @@ RESUME_SAFE_FIELDS = ("progress_bar", "log_every", "eval_every", "checkpoint_eve
 # Config fields whose value is a secret when fixed: never written to config.json.
 SECRET_FIELDS = (("seed",), ("ldp", "seed"))
 _REDACTED = "fixed (not recorded: see private/seed.json)"
+log = logging.getLogger("dpjax")
 
 
 def is_primary() -> bool:
@@ -130,6 +132,9 @@ class Workdir:
     """
 
     def __init__(self, path: str):
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            raise DpjaxError(f"Expected --workdir={path!r} to name a directory: give a new "
+                             "or an earlier run's directory, e.g. --workdir runs/mine.")
         self.path = os.path.abspath(path)
         self.private_dir = os.path.join(self.path, "private")
         self.saved_config: dict | None = None
@@ -147,6 +152,11 @@ class Workdir:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise DpjaxError(f"--workdir {self.path} is a file, not a directory: choose a new "
                              "--workdir.")
+        if os.path.isdir(self.path):  # read what is there before writing anything
+            self.saved_config = self._read_config()
+            if not os.access(self.path, os.W_OK | os.X_OK):
+                raise DpjaxError(f"--workdir {self.path} is not writable: choose a writable "
+                                 "--workdir, or make it writable.")
         try:
             os.makedirs(self.private_dir, exist_ok=True)
             os.chmod(self.private_dir, 0o700)
@@ -155,17 +165,30 @@ class Workdir:
                              f"({e.strerror}): choose a writable --workdir.") from None
         if is_primary():
             self._lock()
-        config_path = os.path.join(self.path, "config.json")
-        if os.path.exists(config_path):
-            try:
-                with open(config_path) as f:
-                    self.saved_config = json.load(f)
-                if not isinstance(self.saved_config, dict):
-                    raise ValueError("not a JSON object")
-            except (OSError, ValueError) as e:
-                raise DpjaxError(f"{config_path} is unreadable ({e}): restore it from a copy, "
-                                 "or use a new --workdir.") from None
         return self
+
+    def _read_config(self) -> dict | None:
+        """config.json of an earlier run here; refuses a corrupt one, or a missing one
+        beside checkpoints (without it the run's settings are unknown)."""
+        config_path = os.path.join(self.path, "config.json")
+        if not os.path.exists(config_path):
+            if self._has_checkpoint():
+                raise DpjaxError(f"{config_path} is missing but {self.path}/checkpoints holds a "
+                                 "run: restore config.json from a copy, or use a new --workdir.")
+            return None
+        try:
+            with open(config_path) as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise DpjaxError(f"{config_path} is unreadable ({' '.join(str(e).split())}): "
+                             "restore it from a copy, or use a new --workdir.") from None
+        return saved
+
+    def _has_checkpoint(self) -> bool:
+        ckpt = os.path.join(self.path, "checkpoints")
+        return os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))
 
     def _lock(self) -> None:
         path = os.path.join(self.path, ".lock")
@@ -181,6 +204,11 @@ class Workdir:
             raise DpjaxError(f"{self.path} is in use by {holder}: wait for it to finish, or "
                              "use another --workdir.") from None
         f.seek(0)
+        previous = f.read().strip()
+        if previous:  # its holder died without closing: the kernel released the lock
+            log.info("%s: the lock left by %s (no longer running) is stale; taking it.",
+                     self.path, previous)
+        f.seek(0)
         f.truncate()
         f.write(f"dpjax process {os.getpid()} on {socket.gethostname()}")
         f.flush()
@@ -189,6 +217,9 @@ class Workdir:
     def close(self) -> None:
         if self._lock_file is not None:
             with contextlib.suppress(OSError):
+                self._lock_file.seek(0)
+                self._lock_file.truncate()  # a clean exit leaves no holder's name
+                self._lock_file.flush()
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None

@@ -73,3 +73,32 @@ def test_phase_validation(kwargs):
     args = dict(steps=10, noise_multiplier=1.0, sampling_rate=0.1) | kwargs
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         accounting.Phase(**args)
+
+
+@pytest.mark.parametrize("target", [1e3 + 1, 1e300, float("inf"), float("nan"), 0.0, -1.0])
+def test_target_out_of_range_is_refused_at_once(target):
+    with pytest.raises(ConfigError, match="privacy.target_epsilon"):
+        accounting.calibrate_noise_multiplier(target, 1e-5, 0.1, 300)
+
+
+def test_large_target_and_huge_step_counts_answer_quickly():
+    """ε = 50 calibrates (PLD on a grid scaled to ε); 10⁹ steps are refused (σ ≤ 4096
+    cannot reach ε = 4) from RDP and one cheap PLD call, instead of hanging."""
+    q = 256 / 1437
+    sigma = accounting.calibrate_noise_multiplier(50.0, 1e-5, q, 300)
+    eps = accounting.epsilon([accounting.Phase(300, sigma, q)], 1e-5)
+    assert 49.5 < eps <= 50.0
+    with pytest.raises(ConfigError, match="reachable"):
+        accounting.calibrate_noise_multiplier(4.0, 1e-5, q, 10**9)
+
+
+def test_pld_grid_is_the_fine_grid_for_usual_epsilons():
+    assert accounting.pld_grid(0.5) == accounting.pld_grid(10.0) == 1e-4
+    assert accounting.pld_grid(100.0) == pytest.approx(1e-3)
+
+
+def test_very_many_participations_use_rdp_with_a_warning(caplog):
+    phase = accounting.Phase(10**7, 100.0, 0.178)  # each example in ~1.8e6 steps
+    with caplog.at_level("WARNING", logger="dpjax"):
+        eps = accounting.epsilon([phase], 1e-5, "pld")
+    assert eps == accounting.epsilon([phase], 1e-5, "rdp") and "RDP" in caplog.text

@@ -138,7 +138,7 @@ def test_p_value_is_monotone_in_epsilon():
 
 @pytest.mark.parametrize("m,ceiling", [(100, 3.49), (1000, 5.78), (5000, 7.28)])
 def test_ceiling_all_canaries_guessed_right(m, ceiling):
-    """design.md §7: perfect guesses on 100 / 1000 / 5000 canaries cap the bound near
+    """Steinke et al. 2023: perfect guesses on 100 / 1000 / 5000 canaries cap the bound near
     3.5 / 5.8 / 7.3 at δ = 1e-5. Reproduced by r = v = m (every canary guessed), one test
     at 95% (no Bonferroni)."""
     assert epsilon_lower_bound(m, m, m, DELTA, 0.95) == pytest.approx(ceiling, abs=0.01)
