@@ -500,6 +500,9 @@ def _validate_pretrain(t: ml_collections.ConfigDict, families: Sequence[str]) ->
                           f"families from {', '.join(families)}")
     for family in t.families:
         validate_lib.one_of("pretrain.families", family, families)
+    # The random-process generators' smallest image (`random_processes._check_shape_args`).
+    validate_lib.integer("pretrain.resolution", t.resolution, 4,
+                         fix="the random-process generators make images of 4 px or more")
     validate_lib.in_range("pretrain.momentum", t.momentum, 0.0, 1.0, high_open=True)
     if isinstance(t.decay_at, str) or not isinstance(t.decay_at, Sequence):
         validate_lib.fail("pretrain.decay_at", t.decay_at,

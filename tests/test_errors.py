@@ -204,6 +204,7 @@ CASES = {
     "pretrain_log_every_0": (_train("--config.pretrain.log_every=0"), "pretrain.log_every=0"),
     "pretrain_checkpoint_every_0": (_train("--config.pretrain.checkpoint_every=0"),
                                     "pretrain.checkpoint_every=0"),
+    "pretrain_resolution_2": (_train("--config.pretrain.resolution=2"), "pretrain.resolution=2"),
     "pretrain_family_unknown": (_train("--config.pretrain.families=('noise',)"),
                                 "pretrain.families='noise'"),
     "dataset_mean_not_numeric": (_train("--config.dataset.mean=('a',)"), "dataset.mean"),
