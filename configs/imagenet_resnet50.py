@@ -70,6 +70,7 @@ def get_config(arg=None):
     c.eval_every = 250
     c.eval_batch_size = 500
     c.checkpoint_every = 20
+    c.async_checkpoints = True  # ~200 MB of state every 20 steps: written in the background
     c.log_every = 5
     if args.runlocal:  # a smoke run on a CPU; values given beside runlocal=True are kept
         c.dataset.test_split = "validation" if args.tfds else "test"

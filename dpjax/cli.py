@@ -119,6 +119,7 @@ def _cmd_train(args, overrides) -> int:
 
     config = config_lib.load_config(args.config, overrides)
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    _one_voice()
     from dpjax.train import loop
 
     summary = loop.train_and_evaluate(config, args.workdir,
@@ -133,6 +134,14 @@ def _cmd_train(args, overrides) -> int:
     print(f"test accuracy {acc_text} ({eps_text}); "
           f"summary: {os.path.join(args.workdir, 'summary.json')}")
     return 0
+
+
+def _one_voice() -> None:
+    """On a cluster only process 0 logs progress; the others log warnings and errors."""
+    import jax
+
+    if jax.process_index() != 0:
+        logging.getLogger("dpjax").setLevel(logging.WARNING)
 
 
 def _cmd_account(args, overrides) -> int:

@@ -173,6 +173,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1024
     c.log_every = 10
     c.checkpoint_every = 100
+    c.async_checkpoints = False  # write checkpoints in the background (pays when checkpoints
+                                 # are frequent and large, e.g. ImageNet every 20 steps)
     c.train_metrics = True      # loss/accuracy on private data (NOT covered by ε)
     c.seed = -1                 # -1: OS entropy, drawn once and shared by all hosts (the
                                 # default); >= 0: a fixed seed, a DEBUGGING option: whoever
@@ -382,7 +384,8 @@ _POSITIVE_FLOATS = ("optimizer.learning_rate", "pretrain.learning_rate",
 _NON_NEGATIVE_FLOATS = ("num_epochs", "optimizer.weight_decay", "pretrain.weight_decay",
                         "phases.head_noise_multiplier", "ldp.scale")
 _BOOLS = ("augment.flip", "dataset.streaming", "metrics.clinical", "metrics.ordinal",
-          "metrics.test_train_overlap", "ema_warmup", "train_metrics", "progress_bar")
+          "metrics.test_train_overlap", "ema_warmup", "train_metrics", "progress_bar",
+          "async_checkpoints")
 _STRINGS = ("name", "dataset.tfds_name", "dataset.data_dir", "dataset.path",
             "dataset.cache_dir", "dataset.train_split", "dataset.test_split",
             "model.name", "model.init_from")

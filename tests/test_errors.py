@@ -253,15 +253,7 @@ CASES = {
 }
 
 
-# Refused with one line, but after the loop has written the run's identity: the model is
-# built (and found too small) after `Workdir.open()` in `loop.train_and_evaluate`.
-WRITES_BEFORE_REFUSING = {"images_too_small"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="the loop builds the model "
-                                            "after writing the workdir's identity"))
-    if n in WRITES_BEFORE_REFUSING else n for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_mistake_is_one_line_and_writes_nothing(name, tmp_path, capsys, request):
     setup, match = CASES[name]
     if getattr(setup, "needs_partial", False):

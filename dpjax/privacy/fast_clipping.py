@@ -62,9 +62,11 @@ bf16 contributions reached 1.001·C (docs/performance.md).
 
 Which layers are handled: `nn.Dense`, `nn.Conv` (2-D, no dilation or feature
 groups), `layers.WSConv`, and `nn.GroupNorm`, `nn.LayerNorm`, `nn.RMSNorm`,
-`nn.BatchNorm` (frozen) by the per-layer VJP. A model with any other
-trained parameter, or a layer called twice (weight sharing), is refused with
-`NotImplementedError` rather than clipped wrongly: use `clipping` then.
+`nn.BatchNorm` (frozen) by the per-layer VJP. Any other trained parameter
+(a layer type not listed, a free parameter, a layer called twice with shared
+weights, an `nnx` model seen through an adapter) gets its per-example
+gradients by a `vmap` of `grad` over examples (`_per_example_fallback`):
+slower for those parameters, exact, never refused.
 The model must not mix examples (no training-mode BatchNorm), as for vmap.
 
 Unlike the rest of `dpjax.privacy` this module knows about Flax layers: it
@@ -165,27 +167,29 @@ def _subtree(tree: PyTree, path: Path) -> PyTree:
 
 
 def _tapped_apply(model: nn.Module, variables: PyTree, inputs: jax.Array,
-                  perturbations: dict | None, taps: dict):
+                  perturbations: dict | None, taps: dict, apply_kwargs: dict | None = None,
+                  skip: frozenset = frozenset(), shared: set | None = None):
     """model.apply with each parameterised layer's output perturbed; records inputs.
 
     Returns (logits, {path: (layer input, layer output before perturbation)});
-    `taps` is filled with the static description of each tapped layer.
+    `taps` is filled with the static description of each tapped layer. Layers in
+    `skip` run untapped. A layer called more than once (shared weights) is added
+    to `shared` (the static pass) and must then be skipped.
     """
     records = {}
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         kind = _kind(module) if context.method_name == "__call__" else None
-        if kind is None:
-            return next_fun(*args, **kwargs)
         path = tuple(module.path)
-        if path in records:
-            raise NotImplementedError(
-                f"fast clipping: layer {'/'.join(path)!r} is called more than once (shared "
-                f"weights); use dpjax.privacy.clipping.clipped_grad_sum.")
-        if len(args) != 1 or kwargs:
-            raise NotImplementedError(
-                f"fast clipping: layer {'/'.join(path)!r} is called with extra arguments.")
+        if kind is None or path in skip:
+            return next_fun(*args, **kwargs)
+        if path in records or len(args) != 1 or kwargs:
+            if shared is None:
+                raise NotImplementedError(f"fast clipping: layer {'/'.join(path)!r} is shared "
+                                          "or called with extra arguments.")
+            shared.add(path)
+            return next_fun(*args, **kwargs)
         y = next_fun(*args, **kwargs)
         records[path] = (args[0], y)
         taps[path] = _Tap(path, module.clone(parent=None), kind)
@@ -194,7 +198,7 @@ def _tapped_apply(model: nn.Module, variables: PyTree, inputs: jax.Array,
         return y
 
     with nn.intercept_methods(interceptor):
-        logits = model.apply(variables, inputs)
+        logits = model.apply(variables, inputs, **(apply_kwargs or {}))
     return logits, records
 
 
@@ -529,6 +533,7 @@ def clipped_sum_and_stats(
     method: str | dict[str, str] = "auto",
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     extra_sqnorms: jax.Array | None = None,
+    apply_kwargs: dict | None = None,
 ) -> FastClipResult:
     """`fast_clipped_grad_sum`, also returning each example's loss, accuracy and factor.
 
@@ -541,6 +546,7 @@ def clipped_sum_and_stats(
       extra_sqnorms: (B,) squared norms of gradient parts that live outside the
         model (e.g. audit canaries' own coordinates), added before clipping;
         the caller forms their clipped sum with the returned `factors`.
+      apply_kwargs: extra keyword arguments of `model.apply` (e.g. `train=True`).
 
     Returns:
       FastClipResult(clipped_sum, norms, losses, correct, factors).
@@ -557,18 +563,27 @@ def clipped_sum_and_stats(
     variables = {**(extra_variables or {}), "params": params}
     row_labels = jnp.repeat(per_example_labels, num_views, axis=1).reshape(-1)
 
-    # Static structure: which layers are tapped, and their output shapes.
+    # Static structure: which layers are tapped, and their output shapes. Layers this
+    # module cannot take apart (unknown types, shared weights) are not tapped: their
+    # parameters get per-example gradients by vmap below.
     taps: dict[Path, _Tap] = {}
+    shared: set = set()
+    jax.eval_shape(lambda v, x: _tapped_apply(model, v, x, None, taps, apply_kwargs,
+                                              shared=shared)[0], variables, inputs)
+    skip = frozenset(shared)
+    taps = {p: t for p, t in taps.items() if p not in skip}
     out_shapes = jax.eval_shape(
-        lambda v, x: {p: r[1] for p, r in _tapped_apply(model, v, x, None, taps)[1].items()},
+        lambda v, x: {p: r[1] for p, r in _tapped_apply(model, v, x, None, {}, apply_kwargs,
+                                                         skip)[1].items()},
         variables, inputs)
     trainable_leaf = _trainable_predicate(params, is_trainable)
     active = {p: t for p, t in taps.items()
               if any(trainable_leaf(p + (n,)) for n in _subtree(params, p))}
-    _check_coverage(params, active, trainable_leaf)
+    uncovered = _uncovered(params, active, trainable_leaf)
 
     def forward(perturbations):
-        logits, records = _tapped_apply(model, variables, inputs, perturbations, {})
+        logits, records = _tapped_apply(model, variables, inputs, perturbations, {},
+                                        apply_kwargs, skip)
         losses = loss_fn(logits, row_labels).reshape(batch, -1)
         valid = (row_labels >= 0).reshape(batch, -1)
         correct = ((jnp.argmax(logits, -1) == row_labels).reshape(batch, -1) & valid)
@@ -602,6 +617,11 @@ def clipped_sum_and_stats(
         sq = sq + layer_sq
         if grads is not None:
             per_example[path] = grads
+    if uncovered:
+        fallback = _per_example_fallback(model, variables, inputs, row_labels, batch, num_views,
+                                         uncovered, loss_fn, apply_kwargs)
+        sq = sq + sum(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1)
+                      for g in fallback.values())
     if extra_sqnorms is not None:
         sq = sq + extra_sqnorms.astype(jnp.float32)
     norms = jnp.sqrt(sq)
@@ -638,8 +658,14 @@ def clipped_sum_and_stats(
             (grads,) = _layer_vjp(tap32, layer_vars, rows_where(row_keep, x))(weighted)
         clipped[path] = grads
 
-    return FastClipResult(_assemble(params, clipped, trainable_leaf), norms, losses, correct,
-                          factor)
+    result = _assemble(params, clipped, trainable_leaf)
+    if uncovered:
+        flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(result))
+        for path, g in fallback.items():
+            flat[path] = jnp.einsum("b,b...->...", factor, rows_where(keep, g),
+                                    precision=jax.lax.Precision.HIGHEST)
+        result = flax.traverse_util.unflatten_dict(flat)
+    return FastClipResult(result, norms, losses, correct, factor)
 
 
 def fast_clipped_grad_sum(
@@ -681,9 +707,6 @@ def fast_clipped_grad_sum(
       (clipped sum, a pytree like params in float32; per-example gradient
       norms before clipping, (B,)).
 
-    Raises:
-      NotImplementedError: a trained parameter in a layer this cannot take
-        apart, or a layer called twice.
     """
     result = clipped_sum_and_stats(model, params, extra_variables, inputs, labels, mask,
                                    clip_norm, num_views, is_trainable=is_trainable,
@@ -707,16 +730,31 @@ def _trainable_predicate(params: PyTree, is_trainable: Callable[[str], bool] | N
     return trainable
 
 
-def _check_coverage(params: PyTree, taps: dict, trainable: Callable[[Path], bool]) -> None:
-    """Refuses a trained parameter that no tapped layer owns (it would escape clipping)."""
+def _uncovered(params: PyTree, taps: dict, trainable: Callable[[Path], bool]) -> list[Path]:
+    """Trained parameters no tapped layer owns: they get per-example gradients by vmap."""
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     covered = {p + (n,) for p in taps for n in _subtree(params, p)}
-    missing = [path for path in flat if trainable(path) and path not in covered]
-    if missing:
-        names = ", ".join("/".join(p) for p in missing[:5])
-        raise NotImplementedError(
-            f"fast clipping cannot take apart the layers owning {names}"
-            f"{' …' if len(missing) > 5 else ''}; use dpjax.privacy.clipping.clipped_grad_sum.")
+    return [path for path in flat if trainable(path) and path not in covered]
+
+
+def _per_example_fallback(model, variables, inputs, row_labels, batch: int, num_views: int,
+                          paths: list[Path], loss_fn, apply_kwargs) -> dict:
+    """{path: (B, ...) per-example gradients} of the given parameters, by vmap of grad.
+
+    Each example's rows (its views, its unit's images) go through the model on
+    their own, so nothing here mixes examples; the other parameters are constants.
+    """
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]))
+    chosen = {p: flat[p] for p in paths}
+    rows = inputs.reshape((batch, -1) + inputs.shape[1:])
+    labels = row_labels.reshape(batch, -1)
+
+    def example_loss(leaves, x, y):
+        params = flax.traverse_util.unflatten_dict({**flat, **leaves})
+        logits = model.apply({**variables, "params": params}, x, **(apply_kwargs or {}))
+        return jnp.sum(loss_fn(logits, y)) / num_views
+
+    return jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(chosen, rows, labels)
 
 
 def _assemble(params: PyTree, clipped: dict, trainable: Callable[[Path], bool]) -> PyTree:

@@ -121,6 +121,16 @@ class DPExecutionPlan:
     def phase(self, step: int) -> PhaseSpec:
         return self.phases[self.phase_index(step)]
 
+    def with_noise_multipliers(self, sigmas: Sequence[float]) -> DPExecutionPlan:
+        """This plan with the phases' σ replaced (a resumed run keeps the σ it started with,
+        even if a newer dpjax would calibrate a slightly different one)."""
+        if len(sigmas) != len(self.phases):
+            raise ConfigError(f"The checkpoint's plan has {len(sigmas)} phases, the config "
+                              f"{len(self.phases)}: use a new --workdir.")
+        return dataclasses.replace(self, phases=tuple(
+            dataclasses.replace(p, noise_multiplier=float(z)) for p, z in zip(self.phases,
+                                                                                sigmas)))
+
     # --- sampling ----------------------------------------------------------
 
     def sampler(self, seed: int, micro_batch_size: int) -> PoissonSampler:

@@ -43,7 +43,7 @@ from dpjax.data import sources
 from dpjax.errors import ConfigError, DpjaxError
 from dpjax.privacy import audit as audit_stats
 from dpjax.privacy import audit_iterates, randomness
-from dpjax.train import loop
+from dpjax.train import devices, loop
 from dpjax.train import model as model_lib
 from dpjax.train import step as step_lib
 from dpjax.train import workdir as workdir_lib
@@ -181,7 +181,7 @@ def run_audit(config: ml_collections.ConfigDict, workdir: str, *, num_canaries: 
                                                                          np.float32)})
         factor = config.batch_size / config.privacy.clip_norm
         observe = lambda step, released: traces.append(
-            np.asarray(jax.device_get(released.canaries))[0] * factor)
+            devices.to_host(released.canaries) * factor)
     else:
         observe = None
     hooks = loop.AuditHooks(

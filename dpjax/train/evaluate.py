@@ -18,31 +18,61 @@ import numpy as np
 from dpjax.data import sources
 from dpjax.errors import DpjaxError
 from dpjax.train import checkpoint as checkpoint_lib
-from dpjax.train import metrics
+from dpjax.train import devices, metrics
 from dpjax.train import model as model_lib
 
 TRAIN_METRICS_NOTE = ("train_* metrics are computed on the private training set and are NOT "
                       "covered by epsilon.")
 
 
-def _chunk(ds, start: int, stop: int) -> np.ndarray:
+def _rows(ds, indices: np.ndarray) -> np.ndarray:
+    """uint8 images of `indices` (all valid) from a split in memory or streamed."""
     if isinstance(ds, sources.ArrayDataset):
-        return ds.images[start:stop]
-    return ds.fetch(range(start, min(stop, len(ds))))[0]
+        return ds.images[indices]
+    return ds.fetch(indices)[0]
 
 
 def predict_probs(predict, params, ds, batch_size: int) -> np.ndarray:
-    """Class probabilities (float64, (N, classes)) of `params` on split `ds`."""
-    probs = []
+    """Class probabilities (float64, (N, classes)) of `params` on split `ds`.
+
+    Data-parallel over every device of every host: each chunk of the split is
+    one global batch, each host decodes and predicts only its own rows, and the
+    logits are gathered back to every host.
+    """
     n = len(ds)
-    for start in range(0, n, batch_size):
-        chunk = _chunk(ds, start, start + batch_size)
-        pad = batch_size - len(chunk) if n > batch_size else 0
-        if pad:  # keep one compiled shape
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        logits = np.asarray(predict(params, chunk))[: len(chunk) - pad]
-        probs.append(np.asarray(jax.nn.softmax(logits.astype(np.float64), -1)))
-    return np.concatenate(probs) if probs else np.zeros((0, 1))
+    if n == 0:
+        return np.zeros((0, 1))
+    params = _on_devices(params)
+    d = jax.device_count()
+    chunk = -(-min(batch_size, n) // d) * d      # one compiled shape, a multiple of devices
+    rows = devices.host_rows(chunk)
+    probs = []
+    for start in range(0, n, chunk):
+        idx = np.arange(start + rows.start, start + rows.stop)
+        valid = idx < n
+        images = np.zeros((len(idx),) + tuple(ds.image_shape), np.uint8)
+        images[valid] = _rows(ds, idx[valid])
+        logits = predict(params, devices.global_batch(images, chunk))
+        logits = _gather(logits)[: min(chunk, n - start)]
+        probs.append(np.asarray(jax.nn.softmax(np.asarray(logits, np.float64), -1)))
+    return np.concatenate(probs)
+
+
+def _on_devices(params):
+    leaves = jax.tree_util.tree_leaves(params)
+    if leaves and all(isinstance(x, jax.Array) and len(x.sharding.device_set) ==
+                      jax.device_count() for x in leaves):
+        return params
+    return devices.replicate(devices.to_host(params))
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+    """A global array's full value on this host."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:

@@ -58,60 +58,64 @@ def privacy_units(unit: str, data: sources.DataSplits) -> np.ndarray | None:
 
 
 class TrainInput:
-    """Micro-batches of each step, on this host's devices (pmap layout).
+    """Micro-batches of each step as global arrays sharded over the mesh's "data" axis.
 
     Args:
       train: the training split (in memory or streamed).
-      sampler: the plan's sampler (all hosts hold the same one).
-      micro_batch_size: rows per device per micro-batch.
+      sampler: the plan's sampler (all hosts hold the same one); its
+        micro-batch size is the global one (per-device size × devices).
       units: the patient table of `privacy_units`, or None.
     """
 
-    def __init__(self, train, sampler: PoissonSampler, micro_batch_size: int,
-                 units: np.ndarray | None = None):
+    def __init__(self, train, sampler: PoissonSampler, units: np.ndarray | None = None):
+        from jax.sharding import PartitionSpec as P
+
         self.train = train
         self.sampler = sampler
-        self.micro = micro_batch_size
-        self.local = jax.local_device_count()
-        start = jax.process_index() * self.local * micro_batch_size
-        self.host_rows = slice(start, start + self.local * micro_batch_size)
+        self.global_rows = sampler.micro_batch_size
+        self.host_rows = devices_lib.host_rows(self.global_rows)
         self.streaming = not isinstance(train, sources.ArrayDataset)
         if self.streaming and units is not None:
             raise ConfigError("privacy.unit=patient needs dataset.streaming=False.")
         if self.streaming:
             self._prefetcher = streaming_lib.Prefetcher(self._fetch_step)
             return
+        # The whole (in-memory) training set on every device; each device gathers its rows.
         self._images = devices_lib.replicate(train.images)
         self._labels = devices_lib.replicate(train.labels.astype(np.int32))
+        rep, data = P(), P(devices_lib.AXIS)
+        mesh = devices_lib.mesh()
         if units is None:
-            self._gather = jax.pmap(lambda x, y, i: (x[i], y[i]))
+            gather = lambda x, y, i: (x[i], y[i])
+            self._gather = jax.jit(jax.shard_map(gather, mesh=mesh, in_specs=(rep, rep, data),
+                                                 out_specs=(data, data), check_vma=False))
         else:  # a privacy unit's images; padded slots get label −1
             table = devices_lib.replicate(units)
-            gather = jax.pmap(lambda x, y, i, t: (x[t[i]], jnp.where(t[i] >= 0, y[t[i]], -1)))
-            self._gather = functools.partial(lambda g, t, x, y, i: g(x, y, i, t), gather, table)
+            gather = lambda x, y, i, t: (x[t[i]], jnp.where(t[i] >= 0, y[t[i]], -1))
+            unit_gather = jax.jit(jax.shard_map(gather, mesh=mesh,
+                                                in_specs=(rep, rep, data, rep),
+                                                out_specs=(data, data), check_vma=False))
+            self._gather = functools.partial(lambda g, t, x, y, i: g(x, y, i, t), unit_gather,
+                                             table)
 
     def _rows(self, batch: BatchPlan, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """This host's (indices, mask) of micro-batch m, as (local devices, micro)."""
-        idx = batch.indices[m, self.host_rows].reshape(self.local, -1)
-        mask = batch.mask[m, self.host_rows].reshape(self.local, -1)
-        return idx, mask
+        """This host's (indices, mask) of micro-batch m."""
+        return batch.indices[m, self.host_rows], batch.mask[m, self.host_rows]
 
     def _fetch_step(self, step: int):
         """Streaming: decode this host's rows of every micro-batch of `step`, onto the devices."""
         batch = self.sampler.batch(step)
         out = []
         for m in range(batch.num_micro_batches):
-            idx, mask = (a.reshape(-1) for a in self._rows(batch, m))
+            idx, mask = self._rows(batch, m)
             images = np.zeros((len(idx),) + tuple(self.train.image_shape), np.uint8)
             labels = np.zeros((len(idx),), np.int32)
             images[mask], labels[mask] = self.train.fetch(idx[mask])
-            out.append(devices_lib.to_devices(
-                (images.reshape((self.local, -1) + images.shape[1:]),
-                 labels.reshape(self.local, -1))))
+            out.append(devices_lib.global_batch((images, labels), self.global_rows))
         return batch, out
 
     def step(self, step: int, num_steps: int) -> tuple[BatchPlan, Iterator[tuple]]:
-        """(the batch plan, an iterator of (images, labels, indices, mask) per micro-batch)."""
+        """(the batch plan, an iterator of global (images, labels, indices, mask) arrays)."""
         if self.streaming:
             batch, fetched = self._prefetcher.get(step, step + 1 if step + 1 < num_steps
                                                   else None)
@@ -120,7 +124,7 @@ class TrainInput:
 
         def micro_batches():
             for m in range(batch.num_micro_batches):
-                idx, mask = self._rows(batch, m)
+                idx, mask = devices_lib.global_batch(self._rows(batch, m), self.global_rows)
                 if fetched is not None:
                     images, labels = fetched[m]
                 else:

@@ -33,8 +33,8 @@ import ml_collections
 import numpy as np
 
 from dpjax import config as config_lib
-from dpjax import models
-from dpjax.data import sources
+from dpjax import models, validate
+from dpjax.data import registry, sources
 from dpjax.errors import ConfigError, DpjaxError
 from dpjax.privacy import plan as plan_lib
 from dpjax.privacy.sampling import PrivacyLedger
@@ -50,6 +50,13 @@ from dpjax.train import summary as summary_lib
 from dpjax.train import workdir as workdir_lib
 
 log = logging.getLogger("dpjax")
+# Several CPU devices in one process (tests, `launch/local.sh` with CPU_DEVICES): XLA's CPU
+# runtime runs every device's program on one shared thread pool, and an update's all-reduce
+# can then wait forever for a device whose accumulation is queued behind the threads that
+# wait (seen as "only 7 of 8 arrived" at the rendezvous). Finishing the accumulation before
+# the update starts avoids it; accelerators do not need it.
+def _cpu_collectives_need_sync() -> bool:
+    return jax.default_backend() == "cpu" and jax.local_device_count() > 1
 is_head_param = model_lib.is_head_param
 
 
@@ -89,6 +96,8 @@ def account(config: ml_collections.ConfigDict, num_examples: int | None = None,
             data: sources.DataSplits | None = None) -> dict:
     """σ and ε of a config without training (what `dpjax account` prints)."""
     config_lib.validate(config)
+    if num_examples is None and data is None:  # a known data set's published size
+        num_examples = registry.published_train_size(config.dataset, config.privacy.unit)
     if num_examples is None:
         data = data if data is not None else sources.load(config.dataset)
         num_examples = len(data.train)
@@ -179,45 +188,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       DpjaxError (ConfigError, DataError): user mistakes, before anything is
         compiled or written; Preempted after a signal, with a checkpoint saved.
     """
-    # Data and plan: everything is validated before anything is written.
+    # Data, plan and model: everything is validated before anything is written.
     config_lib.validate(config)
-    if not (isinstance(max_steps_this_run, int) and max_steps_this_run >= 0):
-        raise ConfigError(f"Expected --max_steps_this_run={max_steps_this_run!r} >= 0.")
+    validate.non_negative_int("--max_steps_this_run", max_steps_this_run)
+    workdir_lib.check_not_in_use(workdir)
     data = data if data is not None else sources.load(config.dataset)
     units = input_lib.privacy_units(config.privacy.unit, data)
     plan = plan_from_config(config, len(units) if units is not None else len(data.train))
     config_lib.validate_for_data(config, plan.num_examples, data.train.image_shape)
     audit = audit or AuditHooks()
-    if model is None:
-        model = models.get_model(config.model.name, data.num_classes,
-                                 dtype=jax.numpy.dtype(config.model.dtype), **config.model.kwargs)
+    built = model_lib.build(config, data, units.shape[1] if units is not None else 0, model)
+    if plan.private:
+        models.check_dp_compatible(built.module, {"params": built.params, **built.extra},
+                                   data.train.image_shape,
+                                   step_lib.apply_kwargs(built.spec, True, jax.random.key(0)))
 
     # Workdir, seed and local DP (a step before training, on the private data).
     work = workdir_lib.Workdir(workdir).open()
     try:
         data_print = workdir_lib.data_fingerprint(data.train)
         work.check_same_run(config.to_dict(), data_print)
-        checkpointer = checkpoint_lib.Checkpointer(workdir)
+        checkpointer = checkpoint_lib.Checkpointer(workdir, async_save=config.async_checkpoints)
         restored = checkpointer.restore_named() if checkpointer.all_steps() else None
+        if restored and "noise_multipliers" in restored[1]:  # σ is decided once per run
+            plan = plan.with_noise_multipliers(restored[1]["noise_multipliers"])
         seed, seed_source = work.resolve_seed(
             config.seed, (int(restored[1]["seed"]), restored[1]["seed_source"])
             if restored else None)
         data = imbalance_lib.attach_prior(config, data, units, seed)  # DP class prior, if any
         work.write_identity(config.to_dict(), data_print, workdir_lib.environment())
         data, ldp_info = _local_dp(config, data, work, units)
+        built = model_lib.with_data(built, config, data)  # logit offsets of the class prior
         return _train(config, work, data, units, plan, seed, seed_source, restored,
-                      checkpointer, model, init_params, max_steps_this_run, audit, ldp_info)
+                      checkpointer, built, init_params, max_steps_this_run, audit, ldp_info)
     finally:
         work.close()
 
 
 def _train(config, work, data, units, plan, seed, seed_source, restored, checkpointer,
-           module: nn.Module, init_params, max_steps_this_run, audit, ldp_info) -> dict:
+           built: model_lib.BuiltModel, init_params, max_steps_this_run, audit,
+           ldp_info) -> dict:
     # Model and optimiser (one per phase: the trainable set and lr change).
-    built = model_lib.build(config, data, units.shape[1] if units is not None else 0, module)
-    if plan.private:
-        models.check_dp_compatible(built.module, {"params": built.params, **built.extra},
-                                   data.train.image_shape)
     params, prior_info = built.params, None
     if init_params is not None:
         params = init_params
@@ -251,14 +262,14 @@ def _train(config, work, data, units, plan, seed, seed_source, restored, checkpo
     sampler_plan = plan if audit.sampling_multiplier == 1 else dataclasses.replace(
         plan, expected_batch_size=plan.expected_batch_size * audit.sampling_multiplier)
     train_input = input_lib.TrainInput(
-        data.train, sampler_plan.sampler(seed, micro * jax.device_count()), micro, units)
+        data.train, sampler_plan.sampler(seed, micro * jax.device_count()), units)
     clip_norm = math.inf if audit.disable_clipping else plan.clip_norm
     writer = writers.MetricWriter(work.path, enabled=workdir_lib.is_primary())
     progress = writers.Progress(config, start_step, plan.num_steps)
     t0 = time.time()
 
     def save(step: int) -> None:
-        host = devices.unreplicate(state)
+        host = devices.to_host(state)
         if not all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(host.params)):
             raise DpjaxError(f"Parameters became non-finite by step {step}: the last good "
                              "checkpoint is kept; lower optimizer.learning_rate.")
@@ -267,26 +278,30 @@ def _train(config, work, data, units, plan, seed, seed_source, restored, checkpo
         _check_replicas_agree(host.params, step, ledger)
         checkpointer.save(step, host, {"step": step, "ledger": ledger.to_json(), "seed": seed,
                                        "seed_source": seed_source,
-                                       "wall_time_s": wall_before + time.time() - t0})
+                                       "wall_time_s": wall_before + time.time() - t0,
+                                       "noise_multipliers": [p.noise_multiplier
+                                                             for p in plan.phases]})
 
     # Steps.
     window = {"steps": 0, "time": time.time()}
+    sync_before_update = _cpu_collectives_need_sync()
     with _deferred_stop() as stop:
         for step in range(start_step, plan.num_steps):
             if plan.phase_index(step) != phase:  # new phase: same params and EMA, fresh optimiser
                 phase = plan.phase_index(step)
                 tx, is_trainable, fns = phase_fns(phase)
-                host = devices.unreplicate(state)
+                host = devices.to_host(state)
                 state = devices.replicate(step_lib.init_state(host.params, tx, is_trainable)
                                           ._replace(step=host.step, ema_params=host.ema_params))
                 progress.note(f"step {step}: starting {plan.phases[phase].name}")
             batch, micro_batches = train_input.step(step, plan.num_steps)
             noise_key, augment_key = plan.step_keys(seed, step)
-            acc, stats = fns.zeros_like_trainable(state.params), devices.replicate(
-                step_lib.zero_stats())
+            acc, stats = fns.zeros(state.params)
             for images, labels, idx, mask in micro_batches:
                 acc, stats = fns.accumulate(state.params, acc, stats, images, labels, idx, mask,
                                             augment_key, clip_norm)
+            if sync_before_update:
+                jax.block_until_ready(acc)  # see _cpu_collectives_need_sync
             state, stats, released = fns.update(
                 state, acc, stats, noise_key, audit.noise_scale * plan.noise_stddev(step),
                 float(plan.expected_batch_size))
@@ -306,28 +321,29 @@ def _train(config, work, data, units, plan, seed, seed_source, restored, checkpo
                 writer.write(done, {f"test_{k}": v for k, v in result.items()})
                 progress.note(f"step {done}: test accuracy {result['accuracy']}")
             _test_hook("after_step", step)
-            stopping = stop.is_set()  # a signal from here on is seen after the next step
+            stopping = _agree_to_stop(stop.is_set())  # a signal from here on: next step
             if stopping or (done % config.checkpoint_every == 0 and done < plan.num_steps) \
                     or (max_steps_this_run and done - start_step >= max_steps_this_run):
                 save(done)
             if stopping:
                 progress.close(), writer.close(), checkpointer.close(), train_input.close()
-                raise Preempted(f"Stopped by {stop.signal_name}; checkpoint saved in {work.path}: "
-                                "rerun the same command to resume.")
+                raise Preempted(f"Stopped by {stop.signal_name or 'a signal to another host'}; "
+                                f"checkpoint saved in {work.path}: rerun the same command to "
+                                "resume.")
             if max_steps_this_run and done - start_step >= max_steps_this_run \
                     and done < plan.num_steps:
                 progress.close(), writer.close(), checkpointer.close(), train_input.close()
                 return {"finished": False, "step": done, "epsilon": plan.epsilon(ledger)}
     progress.close()
     train_input.close()
-    final_step = int(devices.unreplicate(state.step))
+    final_step = int(devices.to_host(state.step))
     if not checkpointer.all_steps() or checkpointer.latest_step() != final_step:
         save(final_step)
     checkpointer.close()
 
     # Evaluation and summary.
     final = _evaluate(config, built, state, data, with_probs=True)
-    host = devices.unreplicate(state)
+    host = devices.to_host(state)
     extra = dict(ldp_info or {}, **summary_lib.run_entries(data, final["probs"]))
     if config.metrics.clinical:
         extra.update(evaluate_lib.clinical_metrics(config, data, final["probs"], built.predict,
@@ -414,7 +430,7 @@ def _auto_micro_batch_size(config, plan, built, params, data, units) -> int:
 def _step_metrics(config, plan, ledger, stats, released, window) -> dict:
     """ε so far and throughput (from the PUBLIC expected batch size); with train_metrics,
     metrics of the realised private batches (listed as not covered by ε)."""
-    if not math.isfinite(float(devices.unreplicate(released.grad_norm))):
+    if not math.isfinite(float(devices.to_host(released.grad_norm))):
         raise DpjaxError(f"The update became non-finite by step {ledger.steps}: the last good "
                          "checkpoint is kept; lower optimizer.learning_rate.")
     now = time.time()
@@ -423,7 +439,7 @@ def _step_metrics(config, plan, ledger, stats, released, window) -> dict:
                / max(now - window["time"], 1e-9)}
     window.update(steps=0, time=now)
     if config.train_metrics:
-        s = devices.unreplicate(stats)
+        s = devices.to_host(stats)
         count = max(float(s.count), 1.0)
         metrics.update(train_loss=float(s.loss) / count, train_accuracy=float(s.correct) / count,
                        clipped_fraction=float(s.clipped) / count,
@@ -432,8 +448,7 @@ def _step_metrics(config, plan, ledger, stats, released, window) -> dict:
 
 
 def _evaluate(config, built, state, data, with_probs: bool = False) -> dict:
-    host = devices.unreplicate(state)
-    return evaluate_lib.evaluate_params(built.predict, host.params, host.ema_params, data.test,
+    return evaluate_lib.evaluate_params(built.predict, state.params, state.ema_params, data.test,
                                         config.eval_batch_size, config.ema_decay > 0, with_probs)
 
 
@@ -447,6 +462,21 @@ def _count_overlap(data: sources.DataSplits) -> int | None:
     digest = lambda x: hashlib.blake2b(x.tobytes(), digest_size=16).digest()
     train = {digest(x) for x in data.train.images}
     return sum(digest(x) in train for x in data.test.images)
+
+
+def _agree_to_stop(local: bool) -> bool:
+    """Whether any process was asked to stop: every host then saves the same step.
+
+    A signal reaches one host of a cluster (a preempted node); the others must
+    stop with it, at the same step, or they would wait in the next collective
+    forever. One tiny all-gather per step, only on several processes.
+    """
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.array([local], np.int32))
+    return bool(np.any(flags))
 
 
 def _check_replicas_agree(params, step: int, ledger: PrivacyLedger) -> list[str]:

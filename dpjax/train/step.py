@@ -1,16 +1,17 @@
 """The training steps: per-example loss, micro-batch accumulation, the update.
 
 A logical batch (Poisson-sampled, padded to whole micro-batches) is processed
-as a sequence of micro-batches on every local device at once (`jax.pmap`):
+as a sequence of micro-batches, each one global array sharded over every
+device of every host (`jax.jit` of `jax.shard_map` over `train.devices.mesh()`):
 
-    acc  = 0
-    for each micro-batch:  acc += Σ_i mask_i · clip_C(∇ℓ_i)      (accumulate)
-    ĝ    = (psum(acc) + N(0, σ²C²)) / B                           (update)
+    acc_d  = 0                                                     (per device d)
+    for each micro-batch:  acc_d += Σ_{i on d} mask_i · clip_C(∇ℓ_i)   (accumulate)
+    ĝ      = (psum_d(acc_d) + N(0, σ²C²)) / B                          (update)
 
-The noise is drawn from one key shared by all devices, after the psum, so
-every replica adds the *same* draw: noise enters once per logical batch, and
-the replicas stay identical. σ, C and B are traced arguments, so a phase
-switch or a new σ does not recompile.
+The noise is drawn from one key every device holds, after the psum, so every
+replica adds the *same* draw: noise enters once per logical batch, and the
+replicated state stays identical. The noise scale σ·C and B are traced
+arguments, so a phase switch or a new σ does not recompile.
 
 The per-example loss sees one example (and its K augmult views) at a time, so
 nothing in it can mix examples; models with training-mode BatchNorm are
@@ -33,7 +34,7 @@ from dpjax.data import augment
 from dpjax.privacy import clipping
 
 PyTree = Any
-AXIS = "devices"
+DATA_AXIS = "data"  # the mesh axis of `train.devices` (imported lazily there)
 # The parameter vector of `dpjax audit --kind iterates`: coordinate j is canary j's alone.
 CANARY_PARAM = "audit_canaries"
 
@@ -103,6 +104,18 @@ class InputSpec:
     # prediction uses the raw logits. Empty: plain cross-entropy. Public constants,
     # or class priors estimated with DP and accounted.
     logit_offsets: tuple = flax.struct.field(pytree_node=False, default=())
+    # The model's __call__ takes `train` (True in training steps, with a "dropout"
+    # RNG per example; False in evaluation).
+    train_arg: bool = flax.struct.field(pytree_node=False, default=False)
+
+
+def apply_kwargs(spec: InputSpec, train: bool, key: jax.Array | None = None) -> dict:
+    """Extra `model.apply` arguments: `train` (and a dropout RNG) for models that take it."""
+    if not spec.train_arg:
+        return {}
+    if train and key is not None:
+        return {"train": True, "rngs": {"dropout": jax.random.fold_in(key, 0x44524F50)}}
+    return {"train": train}
 
 
 def training_loss(logits: jax.Array, labels: jax.Array, spec: InputSpec) -> jax.Array:
@@ -204,7 +217,7 @@ def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree
             views = augment.to_float(image)[None]
         x = augment.normalize(views, spec.mean, spec.std)
         logits = model.apply({"params": model_params(merge_params(trainable, frozen)), **extra},
-                             x)
+                             x, **apply_kwargs(spec, True, key))
         labels = jnp.full((x.shape[0],), label)
         loss = training_loss(logits, labels, spec).mean()
         correct = (jnp.argmax(logits, -1) == labels).mean()
@@ -228,7 +241,7 @@ def make_example_loss(model: nn.Module, spec: InputSpec, variables_extra: PyTree
     return loss_fn
 
 
-# --- accumulate one micro-batch (runs under pmap) ---------------------------
+# --- accumulate one micro-batch (per device, under shard_map) -----------------
 
 def example_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
     """One augmentation key per example, from the step key and the example's index.
@@ -296,7 +309,8 @@ def accumulate_private_fast(params, acc, stats, images, labels, indices, mask, k
     result = fast_clipping.clipped_sum_and_stats(
         model, model_only, extra or None, x, labels, mask, clip_norm, num_views,
         is_trainable=is_trainable, method=method, extra_sqnorms=extra_sq,
-        loss_fn=lambda logits, lb: training_loss(logits, lb, spec))
+        loss_fn=lambda logits, lb: training_loss(logits, lb, spec),
+        apply_kwargs=apply_kwargs(spec, True, key))
     clipped, _ = split_params(result.clipped_sum, is_trainable)
     if aux is not None:  # the canaries' clipped gradients, with the factors of their norms
         for n, g in aux.items():
@@ -339,7 +353,7 @@ def accumulate_nonprivate(trainable, frozen, acc, stats, images, labels, indices
     return acc, stats
 
 
-# --- the update (runs under pmap) -------------------------------------------
+# --- the update (per device, under shard_map) ----------------------------------
 
 def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
     """EMA decay; with warmup min(decay, (1 + t) / (10 + t)) as in DP-RandP."""
@@ -365,8 +379,8 @@ def apply_update(state: TrainState, acc, stats: StepStats, noise_key, noise_stdd
     from `noise_key`, which every device holds (so every replica adds the same
     draw), with `noise_stddev` = σ·Δ from the plan and B the expected batch size.
     """
-    total = jax.lax.psum(acc, AXIS)
-    stats = jax.tree_util.tree_map(lambda s: jax.lax.psum(s, AXIS), stats)
+    total = jax.lax.psum(acc, DATA_AXIS)
+    stats = jax.tree_util.tree_map(lambda s: jax.lax.psum(s, DATA_AXIS), stats)
     if private:
         noise = clipping.gaussian_noise_like(noise_key, total, noise_stddev)
         grads = jax.tree_util.tree_map(
@@ -387,13 +401,25 @@ def apply_update(state: TrainState, acc, stats: StepStats, noise_key, noise_stdd
     return new_state, stats, Released(clipping.global_norm(grads), canaries)
 
 
-# --- building the pmapped functions ----------------------------------------
+# --- building the jitted, sharded functions -------------------------------------
 
 class StepFns(NamedTuple):
+    """The jitted steps of one phase, data-parallel over `devices.mesh()`.
+
+    accumulate(params, acc, stats, images, labels, indices, mask, key, clip_norm)
+        -> (acc, stats): each device adds the clipped gradients of its rows of
+        the micro-batch to its own partial sum (leading device axis).
+    update(state, acc, stats, noise_key, noise_stddev, expected_batch_size)
+        -> (state, stats, Released): psum of the partial sums, noise once from
+        the shared key, the optimiser step; state replicated.
+    zeros(params) -> (acc, stats): empty partial sums.
+    accumulate_one_device: `accumulate`'s per-device body (to size its memory).
+    """
+
     accumulate: Callable
     update: Callable
-    zeros_like_trainable: Callable
-    accumulate_one_device: Callable  # `accumulate` before pmap (to size its memory)
+    zeros: Callable
+    accumulate_one_device: Callable
 
 
 def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransformation, *,
@@ -402,16 +428,24 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
                    canaries: GradientCanaries | None = None,
                    clipping_method: str = "vmap",
                    fast_method: str | dict[str, str] = "auto") -> StepFns:
-    """pmapped accumulate/update functions for one model, input spec and optimiser.
+    """Jitted accumulate/update functions for one model, input spec and optimiser.
+
+    Both run under `jax.shard_map` over the mesh of every device of every host
+    (`train.devices`): per-example clipping is per-device code, and the sum
+    over devices is one explicit `psum` in the update.
 
     `clipping_method`: "vmap" (per-example gradients, the reference) or
     "fast" (`dpjax.privacy.fast_clipping`, no per-example gradients), with
     `fast_method` its per-layer norm form (`fast_clipping`'s `method`).
     """
+    from jax.sharding import PartitionSpec as P
+
+    from dpjax.train import devices
+
     loss_fn = make_example_loss(model, spec, variables_extra, canaries)
     accumulate = accumulate_private if private else accumulate_nonprivate
 
-    def p_accumulate(params, acc, stats, images, labels, indices, mask, key, clip_norm):
+    def one_device(params, acc, stats, images, labels, indices, mask, key, clip_norm):
         if private and clipping_method == "fast":
             return accumulate_private_fast(params, acc, stats, images, labels, indices, mask,
                                            key, clip_norm, model=model, spec=spec,
@@ -422,21 +456,40 @@ def build_step_fns(model: nn.Module, spec: InputSpec, tx: optax.GradientTransfor
         return accumulate(trainable, frozen, acc, stats, images, labels, indices, mask, key,
                           clip_norm, loss_fn=loss_fn)
 
-    update = functools.partial(apply_update, tx=tx, is_trainable=is_trainable, private=private,
-                               ema_decay=ema_decay, ema_warmup=ema_warmup)
+    first = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
+    stack = lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)
 
+    def device_accumulate(params, acc, stats, images, labels, indices, mask, key, clip_norm):
+        acc, stats = one_device(params, first(acc), first(stats), images, labels, indices,
+                                mask, key, clip_norm)
+        return stack(acc), stack(stats)
+
+    def device_update(state, acc, stats, noise_key, noise_stddev, expected_batch_size):
+        return apply_update(state, first(acc), first(stats), noise_key, noise_stddev,
+                            expected_batch_size, tx=tx, is_trainable=is_trainable,
+                            private=private, ema_decay=ema_decay, ema_warmup=ema_warmup)
+
+    mesh, data, rep = devices.mesh(), P(devices.AXIS), P()
+    accumulate_fn = jax.jit(jax.shard_map(
+        device_accumulate, mesh=mesh, in_specs=(rep, data, data, data, data, data, data, rep,
+                                                rep), out_specs=(data, data), check_vma=False),
+        donate_argnums=(1, 2))
+    update_fn = jax.jit(jax.shard_map(
+        device_update, mesh=mesh, in_specs=(rep, data, data, rep, rep, rep),
+        out_specs=(rep, rep, rep), check_vma=False), donate_argnums=(0,))
+
+    n = jax.device_count()
+
+    @functools.partial(jax.jit, out_shardings=devices.data_sharding())
     def zeros(params):
         trainable, _ = split_params(params, is_trainable)
-        return jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
+        acc = jax.tree_util.tree_map(lambda p: jnp.zeros((n,) + p.shape, jnp.float32),
+                                     trainable)
+        stats = jax.tree_util.tree_map(lambda z: jnp.zeros((n,), z.dtype), zero_stats())
+        return acc, stats
 
-    return StepFns(
-        accumulate=jax.pmap(p_accumulate, axis_name=AXIS, donate_argnums=(1, 2),
-                            in_axes=(0, 0, 0, 0, 0, 0, 0, None, None)),
-        update=jax.pmap(update, axis_name=AXIS, donate_argnums=(0,),
-                        in_axes=(0, 0, 0, None, None, None)),
-        zeros_like_trainable=jax.pmap(zeros),
-        accumulate_one_device=p_accumulate,
-    )
+    return StepFns(accumulate=accumulate_fn, update=update_fn, zeros=zeros,
+                   accumulate_one_device=one_device)
 
 
 def init_state(params: PyTree, tx: optax.GradientTransformation, is_trainable=None) -> TrainState:
@@ -451,6 +504,6 @@ def make_predict(model: nn.Module, spec: InputSpec, variables_extra=None):
     @jax.jit
     def predict(params, images):
         return model.apply({"params": model_params(params), **extra},
-                           prepare_eval(images, spec))
+                           prepare_eval(images, spec), **apply_kwargs(spec, False))
 
     return predict

@@ -43,7 +43,8 @@ from dpjax.privacy import randomness
 
 # Fields that do not change what is computed: a resumed run may change them.
 RESUME_SAFE_FIELDS = ("progress_bar", "log_every", "eval_every", "checkpoint_every",
-                      "eval_batch_size", "train_metrics", "micro_batch_size", "name")
+                      "eval_batch_size", "train_metrics", "micro_batch_size", "name",
+                      "async_checkpoints")
 # Config fields whose value is a secret when fixed: never written to config.json.
 SECRET_FIELDS = (("seed",), ("ldp", "seed"))
 _REDACTED = "fixed (not recorded: see private/seed.json)"
@@ -297,6 +298,30 @@ class Workdir:
                 return json.load(f)
         except (OSError, ValueError) as e:
             raise DpjaxError(f"{path} is unreadable ({e}): use a new --workdir.") from None
+
+
+def check_not_in_use(path: str) -> None:
+    """Refuses at once a workdir whose lock another running process holds (writes nothing).
+
+    `Workdir.open` takes the lock later, after the config and data are validated.
+    """
+    lock = os.path.join(os.path.abspath(path), ".lock")
+    if not os.path.isfile(lock):
+        return
+    try:
+        f = open(lock)
+    except OSError:
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = f.read().strip() or "another process"
+            raise DpjaxError(f"{os.path.abspath(path)} is in use by {holder}: wait for it to "
+                             "finish, or use another --workdir.") from None
+        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _fingerprint(config_dict: dict) -> dict:

@@ -170,21 +170,30 @@ def test_frozen_parameters_are_not_clipped_over():
     assert not np.any(total["conv0"]["kernel"])
 
 
-def test_unsupported_layer_is_refused():
+def test_layers_it_cannot_take_apart_fall_back_to_per_example_gradients():
+    """A free parameter and a shared (twice-called) Dense get per-example gradients by
+    vmap; the result still equals the vmap method's."""
     import flax.linen as nn
 
-    class WithEmbed(nn.Module):
+    class Unusual(nn.Module):
         @nn.compact
         def __call__(self, x):
             scale = self.param("free_scale", nn.initializers.ones, ())
-            return nn.Dense(NUM_CLASSES)(x.reshape(x.shape[0], -1) * scale)
+            shared = nn.Dense(8, name="shared")
+            h = x.reshape(x.shape[0], -1) * scale
+            h = shared(nn.relu(nn.Dense(8, name="first")(h)))
+            return nn.Dense(NUM_CLASSES, name="head")(nn.tanh(shared(h)))
 
-    model = WithEmbed()
-    x = jnp.ones((2, 4, 4, 1))
-    params = model.init(jax.random.key(0), x)["params"]
-    with pytest.raises(NotImplementedError, match="free_scale"):
-        fast_clipping.fast_clipped_grad_sum(model, params, {}, x, jnp.zeros(2, jnp.int32),
-                                            jnp.ones(2, bool), 1.0, 1)
+    model = Unusual()
+    inputs = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))
+    params = model.init(jax.random.key(0), inputs)["params"]
+    labels, mask = jnp.array([0, 1, 2, 0]), jnp.array([True, True, True, False])
+    total, norms = jax.jit(lambda p: fast_clipping.fast_clipped_grad_sum(
+        model, p, {}, inputs, labels, mask, 0.5, 1))(params)
+    ref, ref_norms = _vmap_reference(model, params, {}, inputs, labels, mask, 0.5, 1)
+    np.testing.assert_allclose(norms, ref_norms, rtol=1e-4)
+    for a, b in zip(jax.tree_util.tree_leaves(total), jax.tree_util.tree_leaves(ref)):
+        _assert_sums_close(a, b)
 
 
 def test_memory_within_one_and_a_half_of_the_non_private_step(batch=2, num_views=8):

@@ -9,6 +9,10 @@ the indices it fetched to WORKDIR/fetched-PROCESS_ID.txt, one line per call.
 With `default_seed` the config sets no seed (OS entropy, the default), and
 every batch the process's sampler draws is appended to
 WORKDIR/batches-PROCESS_ID.txt.
+
+With DPJAX_TEST_SIGTERM=PID:STEP in the environment, process PID sends itself
+SIGTERM in the middle of step STEP (after the update); a preempted process
+exits with status 143.
 """
 
 import os
@@ -56,7 +60,6 @@ if default_seed:
 
     sampling.PoissonSampler.batch = logged_batch
 if tfds_dir:
-
     from dpjax.data import tfds_records
 
     c.dataset.name, c.dataset.tfds_name, c.dataset.data_dir = "tfds", "synthetic", tfds_dir
@@ -71,7 +74,18 @@ if tfds_dir:
         return fetch(self, indices)
 
     tfds_records.StreamingTfds.fetch = logged_fetch
-    loop.train_and_evaluate(c, workdir)
-else:
-    loop.train_and_evaluate(c, workdir, data=make_splits(num_train=96, num_test=16, size=8,
-                                                         channels=3, seed=4))
+if os.environ.get("DPJAX_TEST_SIGTERM"):
+    import signal
+
+    who, when = map(int, os.environ["DPJAX_TEST_SIGTERM"].split(":"))
+    loop._test_hook = lambda where, step: os.kill(os.getpid(), signal.SIGTERM) \
+        if (pid, where, step) == (who, "after_update", when) else None
+try:
+    if tfds_dir:
+        loop.train_and_evaluate(c, workdir)
+    else:
+        loop.train_and_evaluate(c, workdir, data=make_splits(num_train=96, num_test=16, size=8,
+                                                             channels=3, seed=4))
+except loop.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(143)

@@ -148,3 +148,17 @@ def test_audit_refuses_a_workdir_that_holds_a_run(tmp_path):
             audit.run_audit(tiny_config(), str(tmp_path), num_canaries=10, control=control,
                             data=DATA)
     assert sorted(os.listdir(tmp_path)) == before and "audit.json" not in before
+
+
+def test_asynchronous_checkpoints_resume_to_the_same_run(tmp_path, uninterrupted):
+    """Checkpoints written in the background hold the same state, ledger and seed."""
+    config = tiny_config(checkpoint_every=2, async_checkpoints=True)
+    loop.train_and_evaluate(config, str(tmp_path), data=DATA, max_steps_this_run=3)
+    _, meta = _params(str(tmp_path))
+    assert meta["step"] == 3 == sum(p["steps"] for p in meta["ledger"])
+    loop.train_and_evaluate(config, str(tmp_path), data=DATA)
+    a, _ = _params(str(tmp_path))
+    b, _ = _params(str(uninterrupted))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert _summary(tmp_path)["epsilon"] == _summary(uninterrupted)["epsilon"]

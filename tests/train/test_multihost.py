@@ -52,8 +52,8 @@ def _write_tfds(data_dir):
          for s in ("train", "test")}, splits.class_names, num_shards=2, image_format="png")
 
 
-def _two_processes(workdir, last_arg):
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+def _two_processes(workdir, last_arg, expect=0, **env_extra):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **env_extra)
     env.pop("XLA_FLAGS", None)
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, SCRIPT, str(i), "2", port, str(workdir),
@@ -61,7 +61,33 @@ def _two_processes(workdir, last_arg):
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
+        assert p.returncode == expect, err[-3000:]
+
+
+def _one_process(workdir):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    one = subprocess.run([sys.executable, SCRIPT, "0", "1", "0", str(workdir)], env=env,
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+
+def test_a_signal_to_one_host_stops_both_at_the_same_step(tmp_path):
+    """SIGTERM reaches process 1 only, mid-step 1: both save step 2 and exit 143; the
+    resumed pair ends with the model and ε of a run never interrupted."""
+    _two_processes(tmp_path / "two", "", expect=143, DPJAX_TEST_SIGTERM="1:1")
+    state, meta = _state(tmp_path / "two")
+    assert meta["step"] == 2 and int(state["step"]) == 2
+    _two_processes(tmp_path / "two", "")
+    _one_process(tmp_path / "one")
+    a, meta_a = _state(tmp_path / "one")
+    b, meta_b = _state(tmp_path / "two")
+    num = np.sqrt(sum(np.sum((a[k] - b[k]) ** 2) for k in a if a[k].dtype.kind == "f"))
+    den = np.sqrt(sum(np.sum(a[k] ** 2) for k in a if a[k].dtype.kind == "f"))
+    assert num / den < 1e-5 and meta_a["ledger"] == meta_b["ledger"]
+    sa = json.load(open(tmp_path / "one" / "summary.json"))
+    sb = json.load(open(tmp_path / "two" / "summary.json"))
+    assert sa["epsilon"] == sb["epsilon"]
 
 
 def test_default_os_seed_is_shared_by_all_hosts(tmp_path):
@@ -76,11 +102,7 @@ def test_default_os_seed_is_shared_by_all_hosts(tmp_path):
 
 def test_two_processes_match_one(tmp_path):
     _write_tfds(tmp_path / "tfds")
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    one = subprocess.run([sys.executable, SCRIPT, "0", "1", "0", str(tmp_path / "one")], env=env,
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    _one_process(tmp_path / "one")
     _two_processes(tmp_path / "two", str(tmp_path / "tfds"))
     a, meta_a = _state(tmp_path / "one")
     b, meta_b = _state(tmp_path / "two")

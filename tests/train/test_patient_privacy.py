@@ -21,16 +21,14 @@ LR, C, B = 0.5, 0.05, 8.0
 
 def _patient_update(fns, state, images, labels, key=0):
     """One step over units: images (U, K, H, W, C), labels (U, K) with −1 padding."""
-    rep = lambda t: jax.tree_util.tree_map(lambda x: np.asarray(x)[None], t)  # noqa: E731
-    rstate = rep(state)
-    acc = fns.zeros_like_trainable(rstate.params)
-    stats = rep(step_lib.zero_stats())
+    state = jax.tree_util.tree_map(jax.numpy.array, state)  # a copy: the update donates it
+    acc, stats = fns.zeros(state.params)
     u = len(labels)
-    acc, stats = fns.accumulate(rstate.params, acc, stats, images[None], labels[None],
-                                np.arange(u, dtype=np.int32)[None], np.ones((1, u), bool),
+    acc, stats = fns.accumulate(state.params, acc, stats, images, labels,
+                                np.arange(u, dtype=np.int32), np.ones((u,), bool),
                                 jax.random.key(key), C)
-    new, _, _ = fns.update(rstate, acc, stats, jax.random.key(1), 0.0, B)
-    return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), new.params)
+    new, _, _ = fns.update(state, acc, stats, jax.random.key(1), 0.0, B)
+    return jax.tree_util.tree_map(np.asarray, new.params)
 
 
 def test_removing_a_patient_moves_the_update_by_at_most_lr_c_over_b():

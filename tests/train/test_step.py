@@ -23,10 +23,6 @@ def _setup(micro=8, private=True, augmult=1, crop=0):
     return fns, state, micro
 
 
-def _replicate(tree):
-    return jax.tree_util.tree_map(lambda x: np.asarray(x)[None], tree)
-
-
 def _update(fns, state, images, labels, micro, sigma=0.0, seed=0, ids=None):
     """One logical batch = all given rows, in micro-batches of `micro` (padded).
 
@@ -40,18 +36,16 @@ def _update(fns, state, images, labels, micro, sigma=0.0, seed=0, ids=None):
     mask = np.arange(num_micro * micro) < n
     images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
     labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-    rstate = _replicate(state)
-    acc = fns.zeros_like_trainable(rstate.params)
-    stats = _replicate(step_lib.zero_stats())
+    state = jax.tree_util.tree_map(jax.numpy.array, state)  # a copy: the update donates it
+    acc, stats = fns.zeros(state.params)
     key = jax.random.key(seed)
     for m in range(num_micro):
         sl = slice(m * micro, (m + 1) * micro)
-        acc, stats = fns.accumulate(rstate.params, acc, stats, images[None, sl],
-                                    labels[None, sl], idx[None, sl], mask[None, sl],
-                                    jax.random.fold_in(key, 1), C)
-    new, stats, _ = fns.update(rstate, acc, stats, jax.random.fold_in(key, 0),
+        acc, stats = fns.accumulate(state.params, acc, stats, images[sl], labels[sl], idx[sl],
+                                    mask[sl], jax.random.fold_in(key, 1), C)
+    new, stats, _ = fns.update(state, acc, stats, jax.random.fold_in(key, 0),
                               sigma * C if sigma else 0.0, B)
-    return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), new.params)
+    return jax.tree_util.tree_map(np.asarray, new.params)
 
 
 def _dist(a, b):
@@ -169,12 +163,11 @@ def test_accumulator_and_state_buffers_are_donated():
     fns = step_lib.build_step_fns(model, step_lib.InputSpec(mean=(0.5,), std=(0.5,)),
                                   optax.sgd(LR), private=True, ema_decay=0.9)
     _, state, micro = _setup()
-    rstate = jax.device_put(_replicate(state))
-    acc = fns.zeros_like_trainable(rstate.params)
-    stats = jax.device_put(_replicate(step_lib.zero_stats()))
-    images = np.zeros((1, micro, 8, 8, 1), np.uint8)
-    rows = (np.zeros((1, micro), np.int32), np.arange(micro, dtype=np.int32)[None],
-            np.ones((1, micro), bool))
+    rstate = jax.tree_util.tree_map(jax.numpy.array, state)
+    acc, stats = fns.zeros(rstate.params)
+    images = np.zeros((micro, 8, 8, 1), np.uint8)
+    rows = (np.zeros((micro,), np.int32), np.arange(micro, dtype=np.int32),
+            np.ones((micro,), bool))
     new_acc, new_stats = fns.accumulate(rstate.params, acc, stats, images, *rows,
                                         jax.random.key(0), C)
     assert all(x.is_deleted() for x in jax.tree_util.tree_leaves((acc, stats)))
