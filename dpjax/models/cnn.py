@@ -25,6 +25,10 @@ ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu}
 class SmallCNN(nn.Module):
     """conv3x3-GN-act, conv3x3-GN-act, 2x2 average pool, flatten, dense `classifier`.
 
+    Parameters: `conv0`, `norm0`, `conv1`, `final_norm` (the last GroupNorm),
+    `classifier`. (Before 2026-11-29 the last norm was called `norm1`; priors
+    made then still load, see `dpjax.randp.priors`.)
+
     On 8x8 digits at `width` 32: 14,762 parameters at 10 classes.
 
     Attributes:
@@ -65,8 +69,10 @@ class SmallCNN(nn.Module):
         for i in range(2):
             x = layers.conv(self.width, 3, 1, weight_standardization=self.weight_standardization,
                             dtype=self.dtype, name=f"conv{i}")(x)
+            # The last norm is `final_norm`, as in every zoo model: with the `classifier`
+            # it is what a DP linear probe trains (DP-RandP's Phase II).
             x = layers.norm_layer("group", self.width, groups=self.groups, dtype=self.dtype,
-                                  name=f"norm{i}")(x)
+                                  name="final_norm" if i == 1 else f"norm{i}")(x)
             x = act(x)
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         if return_feature_map:

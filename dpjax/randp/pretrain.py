@@ -39,7 +39,11 @@ log = logging.getLogger("dpjax")
 
 
 class ProjectionHead(nn.Module):
-    """Flatten -> Dense(hidden) -> GN -> ReLU -> Dense(hidden) -> GN -> ReLU -> Dense(out) -> L2."""
+    """Flatten -> Dense(hidden) -> GN -> ReLU -> Dense(hidden) -> GN -> ReLU -> Dense(out) -> L2.
+
+    `build` sets `hidden_dim` with `head_width`: `pretrain.hidden_dim` capped by the
+    backbone's feature size.
+    """
 
     hidden_dim: int = 4096
     out_dim: int = 128
@@ -106,12 +110,35 @@ def _make_schedule(cfg):
     return optax.piecewise_constant_schedule(cfg.learning_rate, boundaries)
 
 
+# The projection head's width follows the backbone's flattened feature map: at most
+# one hidden unit per FEATURES_PER_HIDDEN_UNIT features, at least MIN_HIDDEN_DIM, and never
+# above `pretrain.hidden_dim`. WRN-16-4's 8x8x256 map gives the paper's 4096; the small
+# CNN's 16x16x16 map gives 1024 (4.2 M weights in the first layer, not 16.8 M).
+FEATURES_PER_HIDDEN_UNIT = 4
+MIN_HIDDEN_DIM = 256
+
+
+def head_width(hidden_dim: int, feature_dim: int) -> int:
+    """The projection head's width: `hidden_dim` capped by the feature size (a power of 2)."""
+    scaled = 2 ** int(np.floor(np.log2(max(feature_dim // FEATURES_PER_HIDDEN_UNIT, 1))))
+    return int(min(hidden_dim, max(MIN_HIDDEN_DIM, scaled)))
+
+
+def feature_dim(backbone: nn.Module, resolution: int, channels: int) -> int:
+    """Size of the backbone's flattened feature map for one image (no computation)."""
+    x = jax.ShapeDtypeStruct((1, resolution, resolution, channels), jnp.float32)
+    out = jax.eval_shape(lambda x: backbone.init_with_output(
+        jax.random.key(0), x, return_feature_map=True)[0], x)
+    return int(np.prod(out.shape[1:]))
+
+
 def build(config: ml_collections.ConfigDict, num_classes: int = 10):
     """(ssl model, optimiser) for the config's model and pretrain blocks."""
     cfg = config.pretrain
     backbone = models.get_model(config.model.name, num_classes,
                                 dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
-    model = SSLModel(backbone, ProjectionHead(cfg.hidden_dim, cfg.projection_dim))
+    width = head_width(cfg.hidden_dim, feature_dim(backbone, cfg.resolution, cfg.channels))
+    model = SSLModel(backbone, ProjectionHead(width, cfg.projection_dim))
     tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
                      optax.sgd(_make_schedule(cfg), momentum=cfg.momentum))
     return model, tx
@@ -182,6 +209,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, seed: int = 0) -> 
     info = {"model": config.model.name, "model_kwargs": config.model.kwargs.to_dict(),
             "families": list(cfg.families), "resolution": cfg.resolution,
             "channels": cfg.channels, "loss": cfg.loss, "pretrain_steps": cfg.steps,
+            "projection_width": model.head.hidden_dim,
             "pretrain_batch_size": cfg.batch_size, "loss_history": losses,
             "wall_time_s": time.time() - t0, "private_data_used": False}
     priors.save_prior(prior_dir, params["backbone"], info)

@@ -74,6 +74,24 @@ def load_prior(directory: str) -> tuple[dict, dict]:
     return flat, info
 
 
+# Parameters renamed since a prior may have been made: {model: {old prefix: new prefix}}.
+# The small CNN's last GroupNorm was `norm1` until it became `final_norm` (the name the
+# DP linear probe trains in every zoo model).
+_RENAMED = {"small_cnn": {"norm1/": "final_norm/"}}
+
+
+def _renamed(prior: dict, info: dict) -> dict:
+    """`prior` with the old names of `info["model"]`'s parameters replaced by today's."""
+    renames = _RENAMED.get(info.get("model"), {})
+    out = {}
+    for path, value in prior.items():
+        for old, new in renames.items():
+            if path.startswith(old) and new + path[len(old):] not in prior:
+                path = new + path[len(old):]
+        out[path] = value
+    return out
+
+
 def load_into(directory: str, params: PyTree) -> tuple[PyTree, dict]:
     """`params` with every tensor the prior has (same path and shape) replaced.
 
@@ -85,6 +103,7 @@ def load_into(directory: str, params: PyTree) -> tuple[PyTree, dict]:
         architecture), or a shared path has a different shape.
     """
     prior, info = load_prior(directory)
+    prior = _renamed(prior, info)
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
     loaded = 0
     for path, value in flat.items():
