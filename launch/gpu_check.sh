@@ -63,6 +63,7 @@ if [ "$with_jp" = 1 ]; then
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux1_x86_64 --platform any -d .whl \
     jax-privacy==2.0.0 einshape more-itertools pydantic pydantic-core annotated-types \
+    typing-extensions \
     typing-inspection
   echo "jax-privacy's declared requirements (check each is on the device or in .whl):"
   unzip -p .whl/jax_privacy-*.whl '*/METADATA' | grep '^Requires-Dist' | grep -v extra || true
