@@ -210,3 +210,57 @@ def medical_recipe(arg: str | None, *, name: str, data_name: str,
                         "micro_batch_size": (None, 64), "num_epochs": ("epochs", 5.0),
                         "eval_batch_size": (None, 256)})
     return c
+
+
+# CIFAR at CPU scale (docs/results.md, "CIFAR-10 on a CPU"): DP-SGD from scratch and
+# DP-RandP share everything private training touches (data, model, B, steps, C, δ,
+# augmentation); only the initialisation, the phases and the learning rates differ.
+CIFAR10_ZIP = "../shared/data/cifar10-jpeg.zip"
+
+
+def cifar_cpu_recipe(arg: str | None, randp: bool) -> ml_collections.ConfigDict:
+    """CIFAR-10 on one CPU core: small CNN, B = 1024, 250 steps (see cifar10_cpu.py)."""
+    extra = dict(head_steps=150, head_lr=2.0, pretrain_steps=3000, prior="",
+                 families="stylegan_oriented+dead_leaves+spectrum", hidden=4096,
+                 pretrain_batch=256) if randp else {}
+    args = parse_arg(arg, eps=2.0, path=CIFAR10_ZIP, steps=250, batch=1024, clip=1.0,
+                     lr=2.0 if not randp else 1.0, width=16, act="tanh", ema=0.0,
+                     crop=0, flip=True, **extra)
+    c = base_config()
+    c.name = f"{'dprandp_' if randp else ''}cifar10_cpu_eps{args.eps:g}"
+    c.dataset.name = "folder"
+    c.dataset.path = args.path
+    c.dataset.mean, c.dataset.std = CIFAR10_MEAN, CIFAR10_STD
+    c.augment.crop_padding = args.crop
+    c.augment.flip = args.flip
+    c.model.name = "small_cnn"
+    c.model.kwargs.width = args.width
+    c.model.kwargs.activation = args.act
+    c.privacy.target_epsilon = args.eps
+    c.privacy.delta = 1e-5
+    c.privacy.clip_norm = args.clip
+    c.privacy.clipping = "vmap"
+    c.batch_size = args.batch
+    c.micro_batch_size = 256
+    c.num_steps = args.steps
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = args.lr
+    c.ema_decay = args.ema
+    c.ema_warmup = args.ema > 0
+    c.eval_every = 0
+    c.eval_batch_size = 1000
+    c.log_every = 10
+    c.checkpoint_every = 50
+    if randp:
+        c.model.init_from = args.prior
+        c.pretrain.steps = args.pretrain_steps
+        c.pretrain.batch_size = args.pretrain_batch
+        c.pretrain.families = tuple(args.families.split("+"))
+        c.pretrain.resolution = 32
+        c.pretrain.channels = 3
+        c.pretrain.hidden_dim = args.hidden
+        c.pretrain.checkpoint_every = 500
+        c.pretrain.log_every = 100
+        c.phases.head_steps = args.head_steps
+        c.phases.head_learning_rate = args.head_lr
+    return c

@@ -1,0 +1,20 @@
+"""DP-RandP on CIFAR-10 on one CPU core, against `configs/cifar10_cpu.py` (from scratch).
+
+    dpjax pretrain --config configs/dprandp_cifar10_cpu.py --workdir runs/c10cpu_prior
+    dpjax train --config configs/dprandp_cifar10_cpu.py:eps=2,prior=runs/c10cpu_prior/prior \
+        --workdir runs/randp_c10cpu_eps2
+
+Phase I (no private data, ε = 0): the small CNN with a projection head,
+alignment + uniformity loss, on random-process images generated on the CPU
+(`families=`, '+'-separated). Without `prior=` the run makes its own prior
+first. Phases II + III: one accounted DP-SGD run with the same data, model,
+B = 1024, 250 steps and C as the scratch baseline; the first `head_steps`
+steps train only the last GroupNorm's affine and the classifier.
+Results and the tuning record: docs/results.md, "CIFAR-10 on a CPU".
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+    return common.cifar_cpu_recipe(arg, randp=True)
