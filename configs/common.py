@@ -60,19 +60,14 @@ def shrink(c: ml_collections.ConfigDict, arg: str | None,
         node[leaf] = value
 
 
-def wrn_recipe(arg: str | None, tfds_name: str, mean, std) -> ml_collections.ConfigDict:
-    """De et al. (2022)'s WRN-16-4 recipe on a CIFAR set (see cifar10_wrn16_4.py)."""
-    args = parse_arg(arg, eps=1.0, data="tfds", path="", data_dir="", runlocal=False,
-                     augmult=16, steps=0)
-    c = base_config()
-    c.name = f"{tfds_name}_wrn16_4_eps{args.eps:g}"
+def _cifar_wrn16_4_private(c: ml_collections.ConfigDict, args, tfds_name: str, mean,
+                           std) -> None:
+    """What De et al.'s recipe and DP-RandP share: data, augmentation, WRN-16-4, the
+    privacy block (δ = 1e-5, C = 1), B = 4096 in micro-batches of 64, augmult, logging."""
     if args.data == "tfds":
-        c.dataset.name = "tfds"
-        c.dataset.tfds_name = tfds_name
-        c.dataset.data_dir = args.data_dir
+        c.dataset.name, c.dataset.tfds_name, c.dataset.data_dir = "tfds", tfds_name, args.data_dir
     else:
-        c.dataset.name = args.data
-        c.dataset.path = args.path
+        c.dataset.name, c.dataset.path = args.data, args.path
     c.dataset.mean, c.dataset.std = mean, std
     c.augment.crop_padding = 4
     c.augment.flip = True
@@ -83,6 +78,20 @@ def wrn_recipe(arg: str | None, tfds_name: str, mean, std) -> ml_collections.Con
     c.batch_size = 4096
     c.micro_batch_size = 64
     c.augmult = args.augmult
+    c.optimizer.name = "sgd"
+    c.eval_every = 100
+    c.checkpoint_every = 25
+    c.eval_batch_size = 500
+    c.log_every = 5
+
+
+def wrn_recipe(arg: str | None, tfds_name: str, mean, std) -> ml_collections.ConfigDict:
+    """De et al. (2022)'s WRN-16-4 recipe on a CIFAR set (see cifar10_wrn16_4.py)."""
+    args = parse_arg(arg, eps=1.0, data="tfds", path="", data_dir="", runlocal=False,
+                     augmult=16, steps=0)
+    c = base_config()
+    c.name = f"{tfds_name}_wrn16_4_eps{args.eps:g}"
+    _cifar_wrn16_4_private(c, args, tfds_name, mean, std)
     if args.steps:
         c.num_steps = args.steps
     elif args.eps in WRN_STEPS_FOR_EPSILON:
@@ -90,13 +99,8 @@ def wrn_recipe(arg: str | None, tfds_name: str, mean, std) -> ml_collections.Con
     else:
         raise ValueError(f"eps={args.eps:g} has no step count in the recipe "
                          f"({sorted(WRN_STEPS_FOR_EPSILON)}); give steps=N too.")
-    c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 2.0
     c.ema_decay = 0.999
-    c.eval_every = 100
-    c.checkpoint_every = 25
-    c.eval_batch_size = 500
-    c.log_every = 5
     if args.runlocal:  # a smoke run on a CPU
         shrink(c, arg, {"batch_size": (None, 256), "micro_batch_size": (None, 32),
                         "augmult": ("augmult", 2), "num_steps": ("steps", 5),
@@ -112,37 +116,19 @@ def dprandp_recipe(arg: str | None, tfds_name: str, mean, std) -> ml_collections
                      head_steps=96)
     c = base_config()
     c.name = f"dprandp_{tfds_name}_eps{args.eps:g}"
-    if args.data == "tfds":
-        c.dataset.name, c.dataset.tfds_name, c.dataset.data_dir = "tfds", tfds_name, args.data_dir
-    else:
-        c.dataset.name, c.dataset.path = args.data, args.path
-    c.dataset.mean, c.dataset.std = mean, std
-    c.augment.crop_padding = 4
-    c.augment.flip = True
-    c.model.name = "wrn16_4"
+    _cifar_wrn16_4_private(c, args, tfds_name, mean, std)
     c.model.init_from = args.prior
     c.pretrain.steps = args.pretrain_steps
     c.pretrain.batch_size = 256
     c.pretrain.families = ("stylegan_oriented",)
     c.pretrain.resolution = 32
     c.pretrain.channels = 3
-    c.privacy.target_epsilon = args.eps
-    c.privacy.delta = 1e-5
-    c.privacy.clip_norm = 1.0
-    c.batch_size = 4096
-    c.micro_batch_size = 64
-    c.augmult = args.augmult
     c.num_steps = args.steps
     c.phases.head_steps = args.head_steps
     c.phases.head_learning_rate = 15.0
-    c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.4
     c.ema_decay = 0.9999
     c.ema_warmup = True
-    c.eval_every = 100
-    c.checkpoint_every = 25
-    c.eval_batch_size = 500
-    c.log_every = 5
     if args.runlocal:  # a smoke run on a CPU
         shrink(c, arg, {"model.name": (None, "small_cnn"), "pretrain.steps": ("pretrain_steps", 20),
                         "pretrain.batch_size": (None, 32), "pretrain.hidden_dim": (None, 256),
