@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     # `head_steps` steps train only the last norm's affine and the classifier
     # (a DP linear probe on a prior), then everything trains. One accounted run.
     c.phases = ml_collections.ConfigDict(dict(
-        head_steps=0,               # 0 = one phase (plain DP-SGD)
+        head_steps=0,               # 0 = one phase (plain DP-SGD); = num_steps: probe only
         head_learning_rate=15.0,
         head_noise_multiplier=0.0,  # 0 = the same σ as the rest of the run
     ))
@@ -491,8 +491,8 @@ def _validate_optimisation(config: ml_collections.ConfigDict) -> None:
     if head:
         if not config.num_epochs:
             validate_lib.integer("phases.head_steps", head, 0, config.num_steps,
-                                 high_open=True, fix="the phases share num_steps: lower "
-                                 "phases.head_steps or raise num_steps")
+                                 fix="the phases share num_steps (equal: a linear probe "
+                                 "only): lower phases.head_steps or raise num_steps")
         validate_lib.positive_finite("phases.head_learning_rate",
                                      config.phases.head_learning_rate)
 

@@ -74,14 +74,16 @@ def plan_from_config(config: ml_collections.ConfigDict,
     """The run's `DPExecutionPlan`: phases from `phases`, σ from the `privacy` block."""
     p, head = config.privacy, config.phases.head_steps
     steps = total_steps(config, num_examples)
-    if head >= steps:
-        raise ConfigError(f"phases.head_steps={head} must be below the {steps} steps of the run.")
+    if head > steps:
+        raise ConfigError(f"phases.head_steps={head} must not exceed the {steps} steps of the "
+                          "run (equal: a linear probe only).")
     lr = config.optimizer.learning_rate
     if head:
         shapes = [plan_lib.PhaseShape("phase2_linear_probe", head,
                                       config.phases.head_learning_rate, "head",
-                                      config.phases.head_noise_multiplier),
-                  plan_lib.PhaseShape("phase3_finetune", steps - head, lr)]
+                                      config.phases.head_noise_multiplier)]
+        if head < steps:
+            shapes.append(plan_lib.PhaseShape("phase3_finetune", steps - head, lr))
     else:
         shapes = [plan_lib.PhaseShape("dpsgd", steps, lr)]
     return plan_lib.make_plan(

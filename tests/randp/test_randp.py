@@ -8,6 +8,7 @@ import pytest
 
 from dpjax.config import base_config
 from dpjax.data import sources
+from dpjax.errors import ConfigError
 from dpjax.privacy import accounting
 from dpjax.randp import pretrain, priors, views
 from dpjax.train import loop
@@ -136,3 +137,26 @@ def test_different_sigma_per_phase(tmp_path):
     assert plan.phases[0].noise_multiplier == 3.0
     assert plan.planned_epsilon() == pytest.approx(2.0, rel=0.01)
     assert plan.phases[1].noise_multiplier != 3.0
+
+
+def test_linear_probe_only_run(tmp_path):
+    """head_steps == num_steps: one accounted phase that trains the head alone."""
+    c = _config()
+    c.phases.head_steps = c.num_steps
+    data = make_splits(num_train=64, num_test=32, size=8)
+    summary = loop.train_and_evaluate(c, str(tmp_path), data=data)
+    assert [p["name"] for p in summary["phases"]] == ["phase1_prior", "phase2_linear_probe"]
+    probe = summary["phases"][1]
+    assert probe["steps"] == c.num_steps and probe["epsilon"] == summary["epsilon"] <= 2.0
+    named, _, _ = loop.checkpoint_lib.Checkpointer(str(tmp_path)).restore_named()
+    prior, _ = priors.load_prior(str(tmp_path / "prior"))
+    for path, value in loop.checkpoint_lib.flatten_named(named["params"]).items():
+        if not loop.is_head_param(path):
+            np.testing.assert_array_equal(value, prior[path])
+
+
+def test_more_head_steps_than_steps_is_one_line_error():
+    c = _config()
+    c.phases.head_steps = c.num_steps + 1
+    with pytest.raises(ConfigError, match="phases.head_steps"):
+        loop.plan_from_config(c, 64)

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""How much a Phase I prior gives a linear classifier: a non-private diagnostic.
+
+DP-RandP (Tang et al.) helps only if its prior's features separate the
+classes better than the features of a freshly initialised backbone: Phase II
+is a DP linear probe on them. This script measures exactly that, without
+privacy, on the training split of a tuning data set (never on a split a
+number is reported on): the backbone's classifier input (the flattened map of
+the small CNN, the pooled map of the others) for a fresh initialisation and
+for each prior given, standardised, then multinomial logistic regression
+(full-batch Adam, L2) fitted on the training split and scored on the test
+split of the config's data set.
+
+    python benchmarks/probe_prior.py \
+        --config configs/dprandp_cifar10_cpu.py:path=.data/cifar10-val.zip \
+        --prior runs/c10cpu/val/randp_eps2_p1500/prior
+
+It spends privacy of whatever data it reads (it is a non-private fit): run it
+on a tuning copy (benchmarks/make_cifar_val.py, benchmarks/make_standin.py),
+never on data whose test numbers are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dpjax.config import load_config  # noqa: E402
+from dpjax.data import sources  # noqa: E402
+from dpjax.randp import priors  # noqa: E402
+from dpjax.train import model as model_lib  # noqa: E402
+
+
+def features(built: model_lib.BuiltModel, params, ds, config, flatten: bool,
+             batch: int = 1000, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 (n, D) classifier inputs, labels) of the first `limit` (or all) examples."""
+    mean = np.asarray(config.dataset.mean, np.float32)
+    std = np.asarray(config.dataset.std, np.float32)
+
+    @jax.jit
+    def fmap(p, images):
+        x = (images.astype(jnp.float32) / 255.0 - mean) / std
+        m = built.module.apply({"params": p, **built.extra}, x, return_feature_map=True)
+        m = m.astype(jnp.float32)
+        return m.reshape(m.shape[0], -1) if flatten else jnp.mean(m, axis=(1, 2))
+
+    n = len(ds) if not limit else min(limit, len(ds))
+    out, labels = [], []
+    for start in range(0, n, batch):
+        images, lb = ds.fetch(np.arange(start, min(n, start + batch)))
+        out.append(np.asarray(fmap(params, images)))
+        labels.append(lb)
+    return np.concatenate(out), np.concatenate(labels)
+
+
+def fit_probe(train_x, train_y, test_x, test_y, num_classes: int, steps: int = 300,
+              l2: float = 1e-4) -> dict:
+    """Multinomial logistic regression on standardised features: train/test accuracy."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    tx, vx = (train_x - mu) / sd, (test_x - mu) / sd
+    w = {"w": jnp.zeros((tx.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+    opt = optax.adam(1e-2)
+    state = opt.init(w)
+
+    def loss(w, x, y):
+        logits = x @ w["w"] + w["b"]
+        return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+                + l2 * jnp.sum(w["w"] ** 2))
+
+    @jax.jit
+    def step(w, state, x, y):
+        g = jax.grad(loss)(w, x, y)
+        updates, state = opt.update(g, state)
+        return optax.apply_updates(w, updates), state
+
+    tx_j, ty_j = jnp.asarray(tx), jnp.asarray(train_y)
+    for _ in range(steps):
+        w, state = step(w, state, tx_j, ty_j)
+    acc = lambda x, y: float(np.mean(np.argmax(np.asarray(x @ w["w"] + w["b"]), 1) == y))
+    return {"train_accuracy": acc(tx, train_y), "test_accuracy": acc(vx, test_y),
+            "feature_dim": int(tx.shape[1])}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="config spec: the model and data set")
+    ap.add_argument("--prior", action="append", default=[], help="a prior directory (repeat)")
+    ap.add_argument("--train_limit", type=int, default=0, help="use the first N training images")
+    ap.add_argument("--steps", type=int, default=300, help="full-batch Adam steps of the probe")
+    ap.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the probe's weights")
+    ap.add_argument("--out", default="", help="write the results as JSON here too")
+    args = ap.parse_args(argv)
+
+    config = load_config(args.config)
+    data = sources.load(config.dataset)
+    built = model_lib.build(config, data)
+    flatten = config.model.name == "small_cnn"
+    rows = []
+    for name in ["fresh initialisation"] + args.prior:
+        start = time.perf_counter()
+        params = built.params if name == "fresh initialisation" else \
+            priors.load_into(name, built.params)[0]
+        tr = features(built, params, data.train, config, flatten, limit=args.train_limit)
+        te = features(built, params, data.test, config, flatten)
+        row = dict(backbone=name, model=config.model.name, dataset=data.name,
+                   num_train=len(tr[1]), num_test=len(te[1]),
+                   **fit_probe(*tr, *te, data.num_classes, steps=args.steps, l2=args.l2),
+                   wall_s=round(time.perf_counter() - start, 1))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
