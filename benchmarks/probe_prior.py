@@ -8,7 +8,7 @@ privacy, on the training split of a tuning data set (never on a split a
 number is reported on): the backbone's classifier input (the flattened map of
 the small CNN, the pooled map of the others) for a fresh initialisation and
 for each prior given, standardised, then multinomial logistic regression
-(full-batch Adam, L2) fitted on the training split and scored on the test
+(full-batch Adam, L2, class-balanced) fitted on the training split and scored on the test
 split of the config's data set.
 
     python benchmarks/probe_prior.py \
@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpjax.config import load_config  # noqa: E402
 from dpjax.data import sources  # noqa: E402
 from dpjax.randp import priors  # noqa: E402
+from dpjax.train import metrics  # noqa: E402
 from dpjax.train import model as model_lib  # noqa: E402
 
 
@@ -65,16 +66,22 @@ def features(built: model_lib.BuiltModel, params, ds, config, flatten: bool,
 
 def fit_probe(train_x, train_y, test_x, test_y, num_classes: int, steps: int = 300,
               l2: float = 1e-4) -> dict:
-    """Multinomial logistic regression on standardised features: train/test accuracy."""
+    """Multinomial logistic regression on standardised features, class-balanced loss
+    (each class weighted by N / (K · its count), so that a skewed task is not
+    answered by its majority class): train accuracy and the test split's metrics."""
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
     tx, vx = (train_x - mu) / sd, (test_x - mu) / sd
     w = {"w": jnp.zeros((tx.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
     opt = optax.adam(1e-2)
     state = opt.init(w)
 
+    counts = np.bincount(train_y, minlength=num_classes).astype(np.float32)
+    weights = jnp.asarray(len(train_y) / (num_classes * np.maximum(counts, 1.0)))
+
     def loss(w, x, y):
         logits = x @ w["w"] + w["b"]
-        return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return (jnp.mean(weights[y] * per_example)
                 + l2 * jnp.sum(w["w"] ** 2))
 
     @jax.jit
@@ -86,8 +93,11 @@ def fit_probe(train_x, train_y, test_x, test_y, num_classes: int, steps: int = 3
     tx_j, ty_j = jnp.asarray(tx), jnp.asarray(train_y)
     for _ in range(steps):
         w, state = step(w, state, tx_j, ty_j)
-    acc = lambda x, y: float(np.mean(np.argmax(np.asarray(x @ w["w"] + w["b"]), 1) == y))
-    return {"train_accuracy": acc(tx, train_y), "test_accuracy": acc(vx, test_y),
+    probs = lambda x: np.asarray(jax.nn.softmax(x @ w["w"] + w["b"]))
+    train_acc = float(np.mean(probs(tx).argmax(1) == train_y))
+    test = metrics.classification_metrics(test_y, probs(vx), num_classes)
+    return {"train_accuracy": train_acc, "test_accuracy": test["accuracy"],
+            "test_balanced_accuracy": test["balanced_accuracy"], "test_auroc": test["auroc"],
             "feature_dim": int(tx.shape[1])}
 
 
