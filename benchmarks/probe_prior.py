@@ -44,7 +44,7 @@ from dpjax.train import model as model_lib  # noqa: E402
 
 def features(built: model_lib.BuiltModel, params, ds, config, flatten: bool,
              batch: int = 1000, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 (n, D) classifier inputs, labels) of the first `limit` (or all) examples."""
+    """(float32 (n, D) classifier inputs, labels) of `limit` random (or all) examples."""
     mean = np.asarray(config.dataset.mean, np.float32)
     std = np.asarray(config.dataset.std, np.float32)
 
@@ -55,10 +55,12 @@ def features(built: model_lib.BuiltModel, params, ds, config, flatten: bool,
         m = m.astype(jnp.float32)
         return m.reshape(m.shape[0], -1) if flatten else jnp.mean(m, axis=(1, 2))
 
-    n = len(ds) if not limit else min(limit, len(ds))
+    # A subset is a fixed random one: splits are often stored sorted by class.
+    order = np.arange(len(ds)) if not limit or limit >= len(ds) else \
+        np.sort(np.random.default_rng(0).permutation(len(ds))[:limit])
     out, labels = [], []
-    for start in range(0, n, batch):
-        images, lb = ds.fetch(np.arange(start, min(n, start + batch)))
+    for start in range(0, len(order), batch):
+        images, lb = ds.fetch(order[start:start + batch])
         out.append(np.asarray(fmap(params, images)))
         labels.append(lb)
     return np.concatenate(out), np.concatenate(labels)
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="config spec: the model and data set")
     ap.add_argument("--prior", action="append", default=[], help="a prior directory (repeat)")
-    ap.add_argument("--train_limit", type=int, default=0, help="use the first N training images")
+    ap.add_argument("--train_limit", type=int, default=0, help="use N random training images")
     ap.add_argument("--steps", type=int, default=300, help="full-batch Adam steps of the probe")
     ap.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the probe's weights")
     ap.add_argument("--out", default="", help="write the results as JSON here too")

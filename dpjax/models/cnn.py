@@ -23,7 +23,7 @@ ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu}
 
 
 class SmallCNN(nn.Module):
-    """conv3x3-GN-act, conv3x3-GN-act, 2x2 average pool, flatten, dense `classifier`.
+    """conv3x3-GN-act, conv3x3-GN-act, `pool`x`pool` average pool, flatten, dense `classifier`.
 
     Parameters: `conv0`, `norm0`, `conv1`, `final_norm` (the last GroupNorm),
     `classifier`. (Before 2026-11-29 the last norm was called `norm1`; priors
@@ -36,6 +36,10 @@ class SmallCNN(nn.Module):
         width: channels of both convolutions.
         activation: "tanh" | "relu".
         groups: GroupNorm groups (capped by `width`).
+        pool: side of the average-pooling window (and its stride) before the
+            classifier. The classifier has (H/pool)·(W/pool)·width inputs per
+            class: a larger window gives a DP linear probe fewer weights to
+            noise (DP-RandP's Phase II; docs/results.md, "CIFAR-10 on a CPU").
         weight_standardization: standardise the convolution kernels (Qiao et al. 2019).
         dtype: computation dtype; parameters and logits stay float32.
     """
@@ -44,6 +48,7 @@ class SmallCNN(nn.Module):
     width: int = 32
     activation: str = "tanh"
     groups: int = 8
+    pool: int = 2
     weight_standardization: bool = True
     dtype: Any = jnp.float32
 
@@ -51,6 +56,7 @@ class SmallCNN(nn.Module):
         _checks.positive_int("num_classes", self.num_classes)
         _checks.positive_int("model.kwargs.width", self.width)
         _checks.positive_int("model.kwargs.groups", self.groups)
+        _checks.positive_int("model.kwargs.pool", self.pool)
         _checks.one_of("model.kwargs.activation", self.activation, tuple(ACTIVATIONS))
         _checks.one_of("model.kwargs.weight_standardization", self.weight_standardization,
                        (False, True))
@@ -61,7 +67,7 @@ class SmallCNN(nn.Module):
     def __call__(self, x: jax.Array, return_feature_map: bool = False) -> jax.Array:
         """Logits (N, num_classes) float32 for normalised NHWC images `x`.
 
-        With `return_feature_map=True`: the (N, H/2, W/2, width) map after
+        With `return_feature_map=True`: the (N, H/pool, W/pool, width) map after
         pooling, before flattening, in the computation dtype.
         """
         act = ACTIVATIONS[self.activation]
@@ -74,7 +80,10 @@ class SmallCNN(nn.Module):
             x = layers.norm_layer("group", self.width, groups=self.groups, dtype=self.dtype,
                                   name="final_norm" if i == 1 else f"norm{i}")(x)
             x = act(x)
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        if self.pool > min(x.shape[1:3]):
+            raise ConfigError(f"model.kwargs.pool={self.pool} is larger than the "
+                              f"{x.shape[1]}x{x.shape[2]} images: lower it.")
+        x = nn.avg_pool(x, (self.pool, self.pool), strides=(self.pool, self.pool))
         if return_feature_map:
             return x
         x = x.reshape(x.shape[0], -1)
