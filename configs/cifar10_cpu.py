@@ -2,7 +2,8 @@
 
     dpjax train --config configs/cifar10_cpu.py:eps=2 --workdir runs/c10cpu_eps2
 
-Small GroupNorm CNN (width 16, tanh), Poisson-sampled B = 1024, 250 steps,
+Small GroupNorm CNN (width 16, tanh, 4x4 pooling: 1,024 classifier inputs;
+`pool=2` is the first tries' 4,096), Poisson-sampled B = 1024, 250 steps,
 C = 1, δ = 1e-5, σ calibrated with PLD to ε. Data: the CIFAR-10 image-folder
 zip (`path=`, default ../shared/data/cifar10-jpeg.zip); tuning used
 `path=.data/cifar10-val.zip` (benchmarks/make_cifar_val.py: 45,000 training
