@@ -7,7 +7,7 @@
     dpjax train --workdir runs/pn_ldp2 \
         --config configs/medical_pneumonia.py:path=chest_xray.zip,mode=ldp,beta=2
     # The CPU variant, on PneumoniaMNIST (the same source at 28 px): each DP column in
-    # about 10-13 min on 2 shared cores (docs/results.md, "The medical stand-in"):
+    # 6-16 min on 2 cores shared with other runs (docs/results.md, "The medical stand-in"):
     python launch/sweep.py --workdir runs/pn_cpu \
         --medical configs/medical_pneumonia.py:cpu=True,data=npz,path=pneumoniamnist.npz
     # The paper's own settings (its seed table), kept as a variant:
