@@ -274,6 +274,13 @@ def make_plan(shapes: Sequence[PhaseShape], *, num_examples: int, expected_batch
                           "privacy.noise_multiplier=0 to calibrate σ to the target.")
     q = expected_batch_size / num_examples
     free = [s for s in shapes if s.noise_multiplier <= 0 and s.steps > 0]
+    if not free and target_epsilon > 0:
+        # e.g. a probe-only run whose one phase has phases.head_noise_multiplier:
+        # the target would be silently ignored, and ε would not be what was asked.
+        raise ConfigError("Every phase has its own σ (phases.head_noise_multiplier), so "
+                          "privacy.target_epsilon has nothing to calibrate: set "
+                          "privacy.target_epsilon=0 to train at the given σ, or "
+                          "phases.head_noise_multiplier=0 to calibrate σ to the target.")
     if noise_multiplier > 0 or not free:
         sigma, calibrated = noise_multiplier, False
     elif target_epsilon > 0:

@@ -160,3 +160,15 @@ def test_more_head_steps_than_steps_is_one_line_error():
     c.phases.head_steps = c.num_steps + 1
     with pytest.raises(ConfigError, match="phases.head_steps"):
         loop.plan_from_config(c, 64)
+
+
+def test_probe_only_with_its_own_sigma_and_a_target_is_refused():
+    """A target ε with no phase left to calibrate would be silently ignored."""
+    c = _config()
+    c.phases.head_steps = c.num_steps
+    c.phases.head_noise_multiplier = 3.0
+    with pytest.raises(ConfigError, match="nothing to calibrate"):
+        loop.plan_from_config(c, 64)
+    c.privacy.target_epsilon = 0.0
+    plan = loop.plan_from_config(c, 64)
+    assert [p.noise_multiplier for p in plan.phases] == [3.0]
