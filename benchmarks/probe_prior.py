@@ -40,17 +40,15 @@ from dpjax.data import sources  # noqa: E402
 from dpjax.randp import priors  # noqa: E402
 from dpjax.train import metrics  # noqa: E402
 from dpjax.train import model as model_lib  # noqa: E402
+from dpjax.train import step as step_lib  # noqa: E402
 
 
-def features(built: model_lib.BuiltModel, params, ds, config, flatten: bool,
+def features(built: model_lib.BuiltModel, params, ds, flatten: bool,
              batch: int = 1000, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(float32 (n, D) classifier inputs, labels) of `limit` random (or all) examples."""
-    mean = np.asarray(config.dataset.mean, np.float32)
-    std = np.asarray(config.dataset.std, np.float32)
-
     @jax.jit
     def fmap(p, images):
-        x = (images.astype(jnp.float32) / 255.0 - mean) / std
+        x = step_lib.prepare_eval(images, built.spec)  # as evaluation normalises them
         m = built.module.apply({"params": p, **built.extra}, x, return_feature_map=True)
         m = m.astype(jnp.float32)
         return m.reshape(m.shape[0], -1) if flatten else jnp.mean(m, axis=(1, 2))
@@ -122,8 +120,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         params = built.params if name == "fresh initialisation" else \
             priors.load_into(name, built.params)[0]
-        tr = features(built, params, data.train, config, flatten, limit=args.train_limit)
-        te = features(built, params, data.test, config, flatten)
+        tr = features(built, params, data.train, flatten, limit=args.train_limit)
+        te = features(built, params, data.test, flatten)
         row = dict(backbone=name, model=config.model.name, dataset=data.name,
                    num_train=len(tr[1]), num_test=len(te[1]),
                    **fit_probe(*tr, *te, data.num_classes, steps=args.steps, l2=args.l2),

@@ -88,12 +88,10 @@ def _split_arg(arg: str | None) -> tuple[str, str]:
     return ",".join(own), ",".join(rest)
 
 
-def _flag(arg: str, key: str) -> bool:
-    for item in arg.split(","):
-        k, _, v = item.partition("=")
-        if k.strip() == key:
-            return v.strip().lower() in ("true", "1", "yes")
-    return False
+def _cpu(rest: str) -> bool:
+    """`cpu=` among common.medical_recipe's arguments, cast as parse_arg casts it there."""
+    items = [item for item in rest.split(",") if item.split("=", 1)[0].strip() == "cpu"]
+    return parse_arg(",".join(items), cpu=False).cpu
 
 
 def medical_config(arg: str | None, *, name: str, data_name: str,
@@ -116,7 +114,7 @@ def medical_config(arg: str | None, *, name: str, data_name: str,
             raise ConfigError(f"{', '.join(extra)}: argument(s) of recipe=dp; recipe=paper keeps "
                               "the paper's settings (batch=, lr=, epochs= still apply).")
         return c
-    _apply_dp_recipe(c, own, given_keys(arg), cpu=_flag(rest, "cpu"))
+    _apply_dp_recipe(c, own, given_keys(arg), cpu=_cpu(rest))
     return c
 
 
