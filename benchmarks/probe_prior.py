@@ -43,8 +43,8 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dpjax.config import load_config  # noqa: E402
-from dpjax.privacy import accounting, clipping  # noqa: E402
 from dpjax.data import sources  # noqa: E402
+from dpjax.privacy import accounting, clipping  # noqa: E402
 from dpjax.randp import priors  # noqa: E402
 from dpjax.train import metrics  # noqa: E402
 from dpjax.train import model as model_lib  # noqa: E402
