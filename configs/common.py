@@ -210,7 +210,7 @@ def cifar_cpu_recipe(arg: str | None, randp: bool) -> ml_collections.ConfigDict:
                  families="stylegan_oriented+dead_leaves+spectrum", hidden=4096,
                  pretrain_batch=256) if randp else {}
     args = parse_arg(arg, eps=2.0, path=CIFAR10_ZIP, steps=250, batch=1024, clip=1.0,
-                     lr=2.0, width=16, act="tanh", pool=4, ema=0.0,
+                     lr=4.0, width=16, act="tanh", pool=4, ema=0.0,
                      crop=0, flip=True, **extra)
     c = base_config()
     c.name = f"{'dprandp_' if randp else ''}cifar10_cpu_eps{args.eps:g}"
