@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="", help="write the results as JSON here too")
     args = ap.parse_args(argv)
 
+    dp_grid = [spec for spec in args.dp_grid.split(",") if spec] if args.dp_epsilon > 0 else []
     config = load_config(args.config)
     data = sources.load(config.dataset)
     built = model_lib.build(config, data)
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
                    wall_s=round(time.perf_counter() - start, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        for spec in filter(None, args.dp_grid.split(",") if args.dp_epsilon > 0 else []):
+        for spec in dp_grid:
             batch, steps, lr = spec.split("x")
             start = time.perf_counter()
             dp_row = dict(backbone=name, **dp_probe(
