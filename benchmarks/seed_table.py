@@ -4,8 +4,10 @@
     python benchmarks/seed_table.py \
         "DP-SGD, ε = 1=runs/report/dpsgd_eps1*" "DP-SGD, ε = 8=runs/report/dpsgd_eps8*"
 
-Each argument is `LABEL=GLOB`; GLOB matches run workdirs (a `summary.json`
-in each; unfinished runs are counted as missing). Columns: runs, ε (the
+Each argument is `LABEL=GLOB[,GLOB...]`; the globs match run workdirs (a
+`summary.json` in each; unfinished runs are counted as missing; a workdir
+matched twice counts once), so `"A=runs/x_eps1,runs/x_eps1_run[23]"` names
+three seeds exactly while `runs/x_eps1*` would take every one. Columns: runs, ε (the
 largest of the row's runs), test accuracy, balanced accuracy and AUROC
 (mean ± sd over runs, then min–max), wall time and examples/s (mean; steps ×
 expected batch / wall time, compilation and evaluation included). The
@@ -39,7 +41,8 @@ def table(rows: list[tuple[str, str]]) -> list[str]:
     out = ["| run | runs | ε | accuracy (%) | balanced accuracy | AUROC | wall time (s) | "
            "examples/s |", "|---|---|---|---|---|---|---|---|"]
     for label, pattern in rows:
-        dirs = sorted(d for d in glob.glob(pattern) if os.path.isdir(d))
+        dirs = sorted({d for p in pattern.split(",") if p for d in glob.glob(p)
+                       if os.path.isdir(d)})
         cell = sweep.gather([{"workdir": d, "point": {}, "method": label} for d in dirs]
                             )[0]["methods"][label] if dirs else {"values": [], "missing": 0}
         n = len(cell["values"])

@@ -25,3 +25,12 @@ def test_mean_sd_range_and_unfinished(tmp_path):
                         "0.700 ± 0.141 (0.600–0.800) | 0.800 ± 0.141 (0.700–0.900) | "
                         "200 ± 141 (100–300) | 7 ± 5 (3–10) |")
     assert lines[3].startswith("| B | 0 |")
+
+
+def test_comma_separated_globs_name_an_exact_subset(tmp_path):
+    for name, acc in [("x", 0.4), ("x_run2", 0.5), ("x_run3", 0.6), ("x_run4", 0.9)]:
+        _run(tmp_path / name, acc, acc, acc)
+    base = str(tmp_path / "x")
+    subset = seed_table.table([("S", f"{base},{base}_run[23],{base}")])[2]
+    assert subset.startswith("| S | 3 | 1.00 | 50.0 ± 10.0 (40.0–60.0) |")
+    assert seed_table.table([("All", base + "*")])[2].startswith("| All | 4 |")
