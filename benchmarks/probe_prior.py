@@ -124,8 +124,8 @@ def dp_probe(train_x, train_y, test_x, test_y, num_classes: int, *, epsilon: flo
     gradient is clipped to `clip_norm`, N(0, σ²C²) is added to the sum, which
     is divided by the expected batch size; plain SGD. σ is calibrated with
     PLD so that the `steps` steps compose to (`epsilon`, `delta`). Features
-    are not standardised (that would need private statistics). A diagnostic:
-    a fixed seed, and the mechanism is this function's, not the trainer's.
+    are not standardised (that would need private statistics). The noise is
+    the trainer's (`clipping.privatize_sum`); a diagnostic with a fixed seed.
     """
     n, dim = train_x.shape
     q = batch / n
@@ -134,17 +134,15 @@ def dp_probe(train_x, train_y, test_x, test_y, num_classes: int, *, epsilon: flo
 
     def step(wb, key):
         w, b = wb
-        k_sample, k_w, k_b = jax.random.split(key, 3)
+        k_sample, k_noise = jax.random.split(key)
         mask = jax.random.bernoulli(k_sample, q, (n,)).astype(jnp.float32)
         residual = jax.nn.softmax(x_all @ w + b) - jax.nn.one_hot(y_all, num_classes)
         factor = mask * clipping.clip_factor(linear_example_grad_norms(x_all, residual),
                                              clip_norm)
         r = residual * factor[:, None]
-        noise_w = sigma * clip_norm * jax.random.normal(k_w, w.shape)
-        noise_b = sigma * clip_norm * jax.random.normal(k_b, b.shape)
-        w = w - learning_rate * (x_all.T @ r + noise_w) / batch
-        b = b - learning_rate * (jnp.sum(r, axis=0) + noise_b) / batch
-        return (w, b), None
+        grad_w, grad_b = clipping.privatize_sum(k_noise, (x_all.T @ r, jnp.sum(r, axis=0)),
+                                                sigma, clip_norm, batch)
+        return (w - learning_rate * grad_w, b - learning_rate * grad_b), None
 
     init = (jnp.zeros((dim, num_classes)), jnp.zeros(num_classes))
     (w, b), _ = jax.jit(lambda wb, keys: jax.lax.scan(step, wb, keys))(
@@ -170,6 +168,10 @@ def main(argv=None) -> int:
                     help="comma-separated BATCHxSTEPSxLR of the DP probes")
     ap.add_argument("--out", default="", help="write the results as JSON here too")
     args = ap.parse_args(argv)
+    for directory in args.prior:  # fail before the minutes of feature extraction, in one line
+        if not os.path.isfile(os.path.join(directory, "params.msgpack")):
+            ap.error(f"--prior {directory}: no params.msgpack there; pass the directory "
+                     "`dpjax pretrain` wrote the prior to (params.msgpack, prior.json)")
 
     dp_grid = [spec for spec in args.dp_grid.split(",") if spec] if args.dp_epsilon > 0 else []
     config = load_config(args.config)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -54,3 +55,11 @@ def test_dp_probe_learns_and_reports_calibrated_sigma():
                                  batch=20, steps=50, learning_rate=0.5)
     assert tight["dp_noise_multiplier"] > 10 * loose["dp_noise_multiplier"]
     assert tight["dp_test_accuracy"] < 0.7
+
+
+def test_a_wrong_prior_path_is_one_line_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        probe_prior.main(["--config", "configs/quickstart.py", "--prior", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("(params.msgpack, prior.json)") and str(tmp_path) in err[-1]
