@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dpjax.config import load_config  # noqa: E402
 from dpjax.data import sources  # noqa: E402
+from dpjax.errors import DpjaxError  # noqa: E402
 from dpjax.privacy import accounting, clipping  # noqa: E402
 from dpjax.randp import priors  # noqa: E402
 from dpjax.train import metrics  # noqa: E402
@@ -169,9 +170,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="", help="write the results as JSON here too")
     args = ap.parse_args(argv)
     for directory in args.prior:  # fail before the minutes of feature extraction, in one line
-        if not os.path.isfile(os.path.join(directory, "params.msgpack")):
-            ap.error(f"--prior {directory}: no params.msgpack there; pass the directory "
-                     "`dpjax pretrain` wrote the prior to (params.msgpack, prior.json)")
+        try:
+            priors.load_prior(directory)  # the trainer's rule for what a prior is
+        except DpjaxError:
+            ap.error(f"--prior {directory}: not a prior (nor a .npz of parameters); pass the "
+                     "directory `dpjax pretrain` wrote it to (params.msgpack, prior.json)")
 
     dp_grid = [spec for spec in args.dp_grid.split(",") if spec] if args.dp_epsilon > 0 else []
     config = load_config(args.config)
